@@ -1,0 +1,1 @@
+"""threadlab's research engine: store, loop, proposers, executors and guards."""

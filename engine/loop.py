@@ -1,0 +1,730 @@
+"""The research engine: Threads propose, the scheduler runs, the judge decides.
+
+One asyncio process owns a state.db. Four loops run side by side:
+
+- heartbeat: keeps the engine lock fresh and counts the session's research time;
+- commands: carries out what people asked for (prune, fork, merge, pin, pause, stop);
+- planner: keeps every running Thread `lookahead` candidates ahead, so a freed Slot
+  always finds a queued Run;
+- dispatcher: starts queued Runs on free Slots, baseline and validation runs first.
+
+When a Run ends, the judge decides its Node: a candidate that beats its parent on the
+exploration seed is re-run on the validation seeds and accepted only if a one-sided Welch
+t-test says it is better. Every step is committed to state.db as it happens, so a killed
+engine restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+import signal
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine import guards
+from engine.config import SessionConfig
+from engine.errors import EditError, ExecutorError, ThreadlabError, WorkspaceError
+from engine.models import (
+    CommandKind,
+    NodeStatus,
+    Proposal,
+    RunOutcome,
+    RunPurpose,
+    RunRequest,
+    RunStatus,
+    Slot,
+    ThreadStatus,
+)
+from engine.proposers.base import Attempt, LessonView, ProposalContext, Proposer
+from engine.records import NodeRow, RunRow, ThreadRow
+from engine.stats import compare
+from engine.store import Store
+from engine.taskfile import TaskSpec, load_task
+from engine.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+FINISHED_RUN = (RunStatus.DONE, RunStatus.FAILED, RunStatus.TIMEOUT)
+ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
+MAX_PARENT_RETRIES = 2  # failed measurements of a parent seed before its children give up
+
+
+class Executor(Protocol):
+    slots: list[Slot]
+
+    async def execute(
+        self, req: RunRequest, slot: Slot, on_samples: Callable[[list[dict[str, Any]]], Awaitable[None]]
+    ) -> RunOutcome: ...
+
+    async def cancel(self, run_id: int) -> bool: ...
+
+    async def shutdown(self) -> None: ...
+
+
+def make_proposer(name: str, task: TaskSpec, seed: int) -> Proposer:
+    if name == "search":
+        from engine.playbook import load_playbook
+        from engine.proposers.search import SearchProposer
+
+        return SearchProposer(load_playbook(task), seed=seed)
+    raise ThreadlabError(f"unknown proposer {name!r}", hint="available: search")
+
+
+def idea_of(origin: dict[str, Any], title: str) -> str:
+    """A Lesson's idea key: the playbook idea, the knob set, or the title."""
+    kind = origin.get("kind")
+    if kind == "idea":
+        return str(origin.get("idea"))
+    if kind == "knobs":
+        return "knobs: " + ", ".join(f"{k}={v}" for k, v in sorted(origin.get("values", {}).items()))
+    if kind == "merge":
+        return f"merge #{origin.get('with')}"
+    return title
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        config: SessionConfig,
+        run_root: Path,
+        executor: Executor,
+        *,
+        heartbeat_s: float = 1.0,
+        command_poll_s: float = 0.2,
+    ):
+        self.store = store
+        self.config = config
+        self.run_root = Path(run_root)
+        self.executor = executor
+        self.heartbeat_s = heartbeat_s
+        self.command_poll_s = command_poll_s
+        self.task: TaskSpec = load_task(config.task, config.profile)
+        self.task_id = 0
+        self.root_id = 0
+        self.ws: Workspace | None = None
+        self.proposers: dict[str, Proposer] = {}
+        self.free_slots: list[Slot] = list(executor.slots)
+        self.running: dict[int, Slot] = {}  # run id -> the slot it holds
+        self._run_tasks: set[asyncio.Task[None]] = set()  # until each run's result is recorded
+        self.draining = False  # research time spent: finish validations, start nothing new
+        self.stop_reason = ""
+        self._stop = asyncio.Event()
+        self._wake_dispatch = asyncio.Event()
+        self._wake_plan = asyncio.Event()
+        self._judge_lock = asyncio.Lock()
+        self._materialize_locks: dict[int, asyncio.Lock] = {}
+        self._elapsed = 0.0
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Own the database until stopped; returns why it stopped."""
+        taken = await self.store.acquire_lock()
+        try:
+            if taken is not None:
+                await self.store.add_event(
+                    "warning", "lock", f"took over the lock of a dead engine (pid {taken.pid} on {taken.host})"
+                )
+            await self._start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
+                except (NotImplementedError, RuntimeError):
+                    pass  # not the main thread (tests)
+            loops = [
+                asyncio.create_task(self._guarded(f(), f.__name__))
+                for f in (self._heartbeat_loop, self._command_loop, self._plan_loop, self._dispatch_loop)
+            ]
+            self._wake_dispatch.set()
+            self._wake_plan.set()
+            await self._stop.wait()
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        finally:
+            await self._shutdown()
+            await self.store.release_lock()
+        return self.stop_reason
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    async def _guarded(self, coro: Awaitable[None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must stop the engine loudly, never leave it hung
+            log.exception("engine loop %s crashed", name)
+            await self.store.add_event("error", "crash", f"engine loop {name} crashed: {exc!r}")
+            self.stop(f"internal error in {name}: {exc!r}")
+
+    async def _start(self) -> None:
+        from engine.sandbox import sandbox_warning
+
+        task = self.task
+        repo = self.run_root / "repos" / f"{task.name}-{task.profile}"
+        self.ws = await asyncio.to_thread(Workspace.open_or_create, repo, task.path, task.private)
+        row = await self.store.upsert_task(
+            task.name, str(task.path), task.profile, task.metric_name, str(task.direction), task.unit, str(repo)
+        )
+        self.task_id = row.id
+        if row.root_node_id is None:
+            self.root_id = await self.store.add_node(
+                task_id=self.task_id, thread_id=None, parent_id=None, commit_sha=self.ws.root_sha,
+                title="baseline", hypothesis="the task's seed code", origin={"kind": "baseline"},
+                status=NodeStatus.QUEUED, seeds=[(s, str(RunPurpose.BASELINE)) for s in task.all_seeds],
+            )
+            await self.store.set_task_root(self.task_id, self.root_id)
+        else:
+            self.root_id = row.root_node_id
+        await self.store.save_session(self.config.to_dict(), self.task_id, reset_elapsed=False)
+        session = await self.store.session()
+        self._elapsed = session[1] if session else 0.0
+
+        warning = sandbox_warning()
+        if warning:
+            log.warning(warning)
+            await self.store.add_event("warning", "sandbox", warning)
+        requeued = await self.store.requeue_interrupted()
+        if requeued:
+            await self.store.add_event(
+                "warning", "recovery", f"{len(requeued)} run(s) were left running by a stopped engine; queued again",
+                runs=requeued,
+            )
+        nodes = await self.store.nodes(self.task_id)
+        for node in nodes:  # decisions a crash may have cut short
+            if node.status in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING):
+                await self._judge(node.id)
+        for name in {self.config.proposer_for(i) for i in range(max(self.config.threads, 1))}:
+            self.proposers[name] = make_proposer(name, task, self.config.seed)
+        attempts = [self._attempt(n) for n in nodes if n.status not in (NodeStatus.QUEUED, NodeStatus.RUNNING)]
+        for proposer in self.proposers.values():
+            warm = getattr(proposer, "warm_start", None)
+            if warm:
+                warm(attempts)
+        await self._fill_threads()
+        await self.store.add_event(
+            "info", "engine", f"engine started on task {task.name} (profile {task.profile}) with "
+            f"{len(self.executor.slots)} slot(s): {', '.join(s.name for s in self.executor.slots)}",
+        )
+
+    async def _shutdown(self) -> None:
+        await self.executor.shutdown()
+        if self._run_tasks:
+            await asyncio.gather(*self._run_tasks, return_exceptions=True)
+        await self.store.add_event("info", "engine", f"engine stopped: {self.stop_reason or 'stopped'}")
+
+    # ---- loops ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            now = time.monotonic()
+            await self.store.heartbeat(now - last)
+            self._elapsed += now - last
+            last = now
+            budget = self.config.budget_s
+            if budget is not None and self._elapsed >= budget and not self.draining:
+                self.draining = True
+                await self.store.add_event("info", "budget", f"research time of {budget:.0f}s spent; finishing validations")
+                self._wake_dispatch.set()
+
+    async def _command_loop(self) -> None:
+        while True:
+            for cmd in await self.store.pending_commands():
+                try:
+                    result = await self._carry_out(CommandKind(cmd.kind), cmd.args)
+                    await self.store.finish_command(cmd.id, True, result)
+                except ThreadlabError as exc:
+                    await self.store.finish_command(cmd.id, False, str(exc))
+                except (ValueError, KeyError, TypeError) as exc:
+                    await self.store.finish_command(cmd.id, False, f"bad command: {exc}")
+            await asyncio.sleep(self.command_poll_s)
+
+    async def _plan_loop(self) -> None:
+        lookahead = math.ceil(len(self.executor.slots) / max(1, self.config.threads)) + 1
+        while True:
+            if not self.draining:
+                for thread in await self.store.threads(self.task_id):
+                    if thread.status != ThreadStatus.RUNNING or self._stop.is_set():
+                        continue
+                    if len(await self.store.open_nodes(thread.id)) < lookahead:
+                        await self._propose(thread)
+                        self._wake_plan.set()  # maybe more to prepare
+            try:
+                await asyncio.wait_for(self._wake_plan.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            self._wake_plan.clear()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake_dispatch.wait()
+            self._wake_dispatch.clear()
+            while self.free_slots and not self._stop.is_set():
+                purposes = ["baseline", "validate"] + ([] if self.draining else ["explore"])
+                queued = await self.store.next_queued_runs(len(self.free_slots), purposes)
+                if not queued:
+                    break
+                for run in queued:
+                    await self._start_run(run)
+            if self.draining and not self.running:
+                self.stop("research time spent")
+
+    async def _start_run(self, run: RunRow) -> None:
+        slot = self.free_slots.pop(0)
+        run_dir = self.run_root / "runs" / str(run.id)
+        if not await self.store.start_run(run.id, slot.name, str(run_dir)):
+            self.free_slots.insert(0, slot)
+            return
+        self.running[run.id] = slot
+        task = asyncio.create_task(self._execute(run, slot, run_dir))
+        self._run_tasks.add(task)
+        task.add_done_callback(self._run_tasks.discard)
+
+    # ---- one run -------------------------------------------------------------------
+
+    def _files_dir(self, node_id: int) -> Path:
+        return self.run_root / "nodes" / str(node_id) / "files"
+
+    async def _materialize(self, node: NodeRow) -> Path:
+        files = self._files_dir(node.id)
+        async with self._materialize_locks.setdefault(node.id, asyncio.Lock()):
+            if files.is_dir():
+                return files
+            tmp = files.with_name("files.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            assert self.ws is not None and node.commit_sha
+            await asyncio.to_thread(self.ws.export, node.commit_sha, tmp)
+            tmp.rename(files)
+            return files
+
+    async def _execute(self, run: RunRow, slot: Slot, run_dir: Path) -> None:
+        task = self.task
+        outcome: RunOutcome | None = None
+        try:
+            node = await self.store.node(run.node_id)
+            if node.status == NodeStatus.QUEUED and run.purpose == RunPurpose.EXPLORE:
+                await self.store.update_node(node.id, status=NodeStatus.RUNNING)
+            files = await self._materialize(node)
+            protected = tuple(
+                str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()
+                and str(p.relative_to(files)) not in task.editable
+            )
+            db = self.store.path
+            req = RunRequest(
+                run_id=run.id, node_id=node.id, seed=run.seed, files_dir=str(files), run_dir=str(run_dir),
+                budget_s=task.budget_s, grace_s=task.grace_s, eval_timeout_s=task.eval_timeout_s,
+                run_command=task.run_command, eval_command=task.eval_command, protected=protected,
+                private_paths=(*task.private, str(db), f"{db}-wal", f"{db}-shm"),
+                env=(("THREADLAB_PARAMS", _json(task.params)), ("THREADLAB_PROFILE", task.profile),
+                     ("THREADLAB_TASK_DIR", str(task.path))),
+            )
+
+            async def on_samples(batch: list[dict[str, Any]]) -> None:
+                await self.store.add_samples(run.id, batch)
+
+            outcome = await self.executor.execute(req, slot, on_samples)
+        except (ExecutorError, WorkspaceError, OSError) as exc:
+            now = time.time()
+            outcome = RunOutcome(RunStatus.FAILED, None, None, f"could not start the run: {exc}", now, now)
+        finally:
+            self.running.pop(run.id, None)
+            self.free_slots.append(slot)
+            self._wake_dispatch.set()
+        if outcome.status == RunStatus.INTERRUPTED:
+            await self.store.requeue_interrupted([run.id])
+            return
+        alerts = [
+            (run.node_id, a.guard, a.message or f"audit {a.guard} failed", a.evidence) for a in outcome.audits if not a.ok
+        ]
+        await self.store.finish_run(
+            run.id, status=outcome.status, metric=outcome.metric, exit_code=outcome.exit_code, error=outcome.error,
+            extra=dict(outcome.extra, audits=[a.guard for a in outcome.audits]), started_at=None,
+            ended_at=outcome.ended_at, alerts=alerts,
+        )
+        await self._judge(run.node_id)
+        self._wake_plan.set()
+
+    # ---- the judge -----------------------------------------------------------------
+
+    async def _metrics(self, node_id: int) -> tuple[dict[int, float], dict[int, int], bool, list[RunRow]]:
+        """(seed -> metric of its latest good run, seed -> failed runs, any run active, runs)."""
+        runs = await self.store.runs_of(node_id)
+        metrics: dict[int, float] = {}
+        failures: dict[int, int] = {}
+        for r in runs:
+            if r.status == RunStatus.DONE and r.metric is not None:
+                metrics[r.seed] = r.metric
+            elif r.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
+                failures[r.seed] = failures.get(r.seed, 0) + 1
+        active = any(r.status in ACTIVE_RUN for r in runs)
+        return metrics, failures, active, runs
+
+    async def _ensure_measured(self, node_id: int, seeds: tuple[int, ...]) -> str | None:
+        """Queue runs of node_id on the seeds it lacks; an error when it cannot be measured."""
+        metrics, failures, _, runs = await self._metrics(node_id)
+        pending = {r.seed for r in runs if r.status in ACTIVE_RUN}
+        missing = [s for s in seeds if s not in metrics and s not in pending]
+        hopeless = [s for s in missing if failures.get(s, 0) >= MAX_PARENT_RETRIES]
+        if hopeless:
+            return f"node #{node_id} has no metric on seed(s) {hopeless}"
+        purpose = RunPurpose.BASELINE if node_id == self.root_id else RunPurpose.VALIDATE
+        if missing:
+            await self.store.queue_runs(node_id, [(s, str(purpose)) for s in missing])
+            self._wake_dispatch.set()
+        return None
+
+    async def _judge(self, node_id: int) -> None:
+        async with self._judge_lock:
+            node = await self.store.node(node_id)
+            if node.status not in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING):
+                return
+            if node.id == self.root_id:
+                await self._judge_baseline(node)
+            else:
+                await self._judge_candidate(node)
+
+    async def _judge_baseline(self, node: NodeRow) -> None:
+        metrics, failures, active, runs = await self._metrics(node.id)
+        if active:
+            return
+        failed = [r for r in runs if r.status in (RunStatus.FAILED, RunStatus.TIMEOUT)]
+        if failed and len(metrics) < len(self.task.all_seeds):
+            error = f"the baseline failed on seed {failed[-1].seed}: {failed[-1].error}"
+            await self.store.update_node(node.id, status=NodeStatus.FAILED, error=error)
+            await self.store.add_event("error", "baseline", error + "; fix the task and start again")
+            self.stop("the baseline failed: " + failed[-1].error.splitlines()[0] if failed[-1].error else "the baseline failed")
+            return
+        values = list(metrics.values())
+        await self.store.update_node(
+            node.id, status=NodeStatus.BASELINE, metric=statistics.fmean(values),
+            metric_std=statistics.stdev(values) if len(values) > 1 else 0.0, n_runs=len(values),
+        )
+        await self._rejudge_children(node.id)
+
+    async def _rejudge_children(self, node_id: int) -> None:
+        for child in await self.store.rows(
+            "SELECT id FROM nodes WHERE parent_id = ? AND status IN ('queued', 'running', 'validating')", (node_id,)
+        ):
+            await self._judge_candidate(await self.store.node(child["id"]))
+
+    async def _judge_candidate(self, node: NodeRow) -> None:
+        task = self.task
+        metrics, failures, active, runs = await self._metrics(node.id)
+        if await self.store.alerts(node.id):
+            await self._finish(node, NodeStatus.FLAGGED, "a guard raised an alert", metrics)
+            return
+        broken = [r for r in runs if r.status in (RunStatus.FAILED, RunStatus.TIMEOUT)]
+        if broken:
+            r = broken[0]
+            what = "ran past its budget" if r.status == RunStatus.TIMEOUT else "failed"
+            await self._finish(node, NodeStatus.FAILED, f"run #{r.id} (seed {r.seed}) {what}: {r.error}", metrics)
+            return
+        seeds = task.explore_seeds if node.status != NodeStatus.VALIDATING else task.all_seeds
+        if active or any(s not in metrics for s in seeds):
+            return
+        assert node.parent_id is not None
+        problem = await self._ensure_measured(node.parent_id, seeds)
+        if problem:
+            await self._finish(node, NodeStatus.FAILED, problem, metrics)
+            return
+        parent_metrics, _, _, _ = await self._metrics(node.parent_id)
+        if any(s not in parent_metrics for s in seeds):
+            return  # judged again when the parent's runs end
+        cand = [metrics[s] for s in seeds]
+        par = [parent_metrics[s] for s in seeds]
+        if node.status != NodeStatus.VALIDATING:
+            gain = task.improvement(statistics.fmean(cand), statistics.fmean(par))
+            if gain <= task.noise_floor:
+                await self._finish(
+                    node, NodeStatus.REJECTED,
+                    f"no better than its parent on the exploration seed(s): {statistics.fmean(cand):.6g} vs "
+                    f"{statistics.fmean(par):.6g}", metrics, effect=gain,
+                )
+                return
+            await self.store.update_node(node.id, status=NodeStatus.VALIDATING, metric=statistics.fmean(cand),
+                                         n_runs=len(cand))
+            await self.store.queue_runs(node.id, [(s, str(RunPurpose.VALIDATE)) for s in task.validate_seeds
+                                                  if s not in metrics])
+            problem = await self._ensure_measured(node.parent_id, task.all_seeds)
+            if problem:
+                await self._finish(node, NodeStatus.FAILED, problem, metrics)
+            self._wake_dispatch.set()
+            return
+        result = compare(cand, par, task.direction, task.confidence, task.noise_floor)
+        status = NodeStatus.ACCEPTED if result.accepted else NodeStatus.REJECTED
+        await self._finish(node, status, result.reason, metrics, effect=result.improvement, p_value=result.p_value,
+                           details={"candidate": cand, "parent": par, "seeds": list(seeds)})
+
+    async def _finish(
+        self,
+        node: NodeRow,
+        status: NodeStatus,
+        reason: str,
+        metrics: dict[int, float],
+        *,
+        effect: float | None = None,
+        p_value: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a Node's decision, its Verdict and Lesson, and move its Thread on."""
+        values = list(metrics.values())
+        mean = statistics.fmean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        accepted = status == NodeStatus.ACCEPTED
+        await self.store.cancel_queued_runs([node.id])
+        await self.store.update_node(
+            node.id, status=status, metric=mean, metric_std=std, n_runs=len(values), p_value=p_value,
+            error="" if status in (NodeStatus.ACCEPTED, NodeStatus.REJECTED) else reason,
+        )
+        await self.store.add_verdict(node.id, accepted, reason, dict(details or {}, status=str(status)))
+        await self.store.add_lesson(
+            self.task_id, node.id, idea_of(node.origin, node.title), accepted, effect,
+            None if p_value is None else 1 - p_value, {"status": str(status), "reason": reason, "parent": node.parent_id},
+        )
+        decided = await self.store.node(node.id)
+        for proposer in self.proposers.values():
+            proposer.observe(self._attempt(decided))
+        if node.thread_id is not None:
+            await self._advance_thread(await self.store.thread(node.thread_id), decided)
+        await self._rejudge_children(node.id)
+
+    async def _advance_thread(self, thread: ThreadRow, node: NodeRow) -> None:
+        if node.status == NodeStatus.ACCEPTED:
+            head = await self.store.node(thread.head_node_id) if thread.head_node_id else None
+            if head is None or head.metric is None or node.parent_id == head.id or (
+                node.metric is not None and self.task.better(node.metric, head.metric)
+            ):
+                assert self.ws is not None and node.commit_sha
+                await asyncio.to_thread(self.ws.set_branch, thread.branch, node.commit_sha)
+                await self.store.update_thread(thread.id, head_node_id=node.id, stale_attempts=0)
+                await self.store.add_event("info", "accepted", f"thread {thread.name}: #{node.id} {node.title} accepted; "
+                                           f"{self.task.metric_name} {node.metric:.6g}")
+                return
+        stale = thread.stale_attempts + 1
+        await self.store.update_thread(thread.id, stale_attempts=stale)
+        if stale >= self.config.patience and not thread.pinned and thread.status == ThreadStatus.RUNNING:
+            await self._close_thread(thread, ThreadStatus.DONE, f"retired after {stale} attempts without improvement")
+            await self._fill_threads()
+
+    # ---- threads -------------------------------------------------------------------
+
+    async def _best_node(self) -> NodeRow:
+        best = None
+        for n in await self.store.nodes(self.task_id):
+            if n.status in (NodeStatus.ACCEPTED, NodeStatus.BASELINE) and n.metric is not None:
+                if best is None or self.task.better(n.metric, best.metric):
+                    best = n
+        return best or await self.store.node(self.root_id)
+
+    async def _fill_threads(self) -> None:
+        """Keep `config.threads` Threads running; new ones start from the best node."""
+        threads = await self.store.threads(self.task_id)
+        live = [t for t in threads if t.status in (ThreadStatus.RUNNING, ThreadStatus.PAUSED)]
+        for i in range(len(threads), len(threads) + self.config.threads - len(live)):
+            best = await self._best_node()
+            await self._new_thread(best, self.config.proposer_for(i), f"t{i + 1}")
+
+    async def _new_thread(self, at: NodeRow, proposer: str, name: str, note: str = "") -> ThreadRow:
+        thread = await self.store.add_thread(self.task_id, name, at.id, proposer, note or f"started at #{at.id}")
+        assert self.ws is not None and at.commit_sha
+        await asyncio.to_thread(self.ws.set_branch, thread.branch, at.commit_sha)
+        if proposer not in self.proposers:
+            self.proposers[proposer] = make_proposer(proposer, self.task, self.config.seed)
+        self._wake_plan.set()
+        return thread
+
+    async def _close_thread(self, thread: ThreadRow, status: ThreadStatus, note: str) -> int:
+        """Stop a Thread: cancel its queued runs and kill its running ones. Returns runs killed."""
+        await self.store.update_thread(thread.id, status=str(status), note=note)
+        open_nodes = await self.store.open_nodes(thread.id)
+        await self.store.cancel_queued_runs([n.id for n in open_nodes])
+        killed = 0
+        for node in open_nodes:
+            for r in await self.store.runs_of(node.id):
+                if r.status == RunStatus.RUNNING and await self.executor.cancel(r.id):
+                    killed += 1
+            await self.store.update_node(node.id, status=NodeStatus.CANCELLED, error=note)
+        await self.store.add_event("info", "thread", f"thread {thread.name}: {note}")
+        return killed
+
+    # ---- proposing -----------------------------------------------------------------
+
+    def _attempt(self, n: NodeRow) -> Attempt:
+        return Attempt(n.id, n.thread_id, n.parent_id, n.title, n.status, n.metric, n.origin, n.error)
+
+    async def _context(self, thread: ThreadRow, head: NodeRow) -> ProposalContext:
+        assert self.ws is not None and head.commit_sha
+        nodes = await self.store.nodes(self.task_id)
+        by_id = {n.id: n for n in nodes}
+        ancestors: set[int] = set()
+        stack = [head.id]
+        while stack:
+            nid = stack.pop()
+            if nid in ancestors or nid not in by_id:
+                continue
+            ancestors.add(nid)
+            stack += [p for p in (by_id[nid].parent_id, by_id[nid].parent2_id) if p is not None]
+        lineage, cur = [], head
+        while cur is not None:
+            lineage.append(cur.id)
+            cur = by_id.get(cur.parent_id) if cur.parent_id is not None else None
+        head_files = await asyncio.to_thread(self.ws.read_files, head.commit_sha, list(self.task.editable))
+        lessons = [
+            LessonView(les.idea, les.effect, bool(les.positive), les.confidence, les.node_id)
+            for les in await self.store.lessons(self.task_id)
+        ]
+        return ProposalContext(
+            task=self.task, thread_id=thread.id, head_id=head.id, head_metric=head.metric, head_files=head_files,
+            lineage=tuple(reversed(lineage)), attempts=tuple(self._attempt(n) for n in nodes),
+            lessons=tuple(lessons),
+            accepted_elsewhere=tuple(
+                self._attempt(n) for n in nodes
+                if n.status == NodeStatus.ACCEPTED and n.thread_id != thread.id and n.id not in ancestors
+            ),
+            pending_origins=tuple(
+                n.origin for n in nodes
+                if n.parent_id == head.id and n.status in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING)
+            ),
+        )
+
+    async def _propose(self, thread: ThreadRow) -> None:
+        assert self.ws is not None
+        head = await self.store.node(thread.head_node_id)
+        proposer = self.proposers.get(thread.proposer)
+        if proposer is None:
+            return
+        try:
+            proposal = await proposer.propose(await self._context(thread, head))
+        except ThreadlabError as exc:
+            await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=f"proposer error: {exc}")
+            await self.store.add_event("error", "proposer", f"thread {thread.name}: {exc}")
+            return
+        if proposal is None:
+            await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
+            return
+        await self.add_candidate(thread, head, proposal)
+
+    async def add_candidate(self, thread: ThreadRow, parent: NodeRow, proposal: Proposal) -> int:
+        """Turn a Proposal into a Node: commit it, guard it, queue its exploration run."""
+        assert self.ws is not None and parent.commit_sha
+        task = self.task
+        common = dict(task_id=self.task_id, thread_id=thread.id, parent_id=parent.id, title=proposal.title,
+                      hypothesis=proposal.hypothesis, origin=dict(proposal.origin, proposer=thread.proposer))
+        other: NodeRow | None = None
+        try:
+            if proposal.merge_with is not None:
+                other = await self.store.node(proposal.merge_with)
+                if not other.commit_sha:
+                    raise WorkspaceError(f"node #{other.id} has no code to merge")
+                sha = await asyncio.to_thread(
+                    self.ws.merge, parent.commit_sha, other.commit_sha, f"merge #{other.id} into #{parent.id}"
+                )
+            else:
+                sha = await asyncio.to_thread(
+                    self.ws.commit_edits, parent.commit_sha, list(proposal.edits), list(task.editable), proposal.title
+                )
+        except (EditError, WorkspaceError) as exc:
+            node_id = await self.store.add_node(
+                **common, commit_sha=None, status=NodeStatus.FAILED, error=str(exc),
+                parent2_id=other.id if other else None,
+            )
+            await self._finish(await self.store.node(node_id), NodeStatus.FAILED, str(exc), {})
+            return node_id
+        before = await asyncio.to_thread(self.ws.read_files, parent.commit_sha, list(task.editable))
+        after = await asyncio.to_thread(self.ws.read_files, sha, list(task.editable))
+        findings = guards.check_change(before, after, task.forbidden)
+        seeds = [] if findings else [(s, str(RunPurpose.EXPLORE)) for s in task.explore_seeds]
+        node_id = await self.store.add_node(
+            **common, commit_sha=sha, status=NodeStatus.QUEUED, parent2_id=other.id if other else None, seeds=seeds
+        )
+        await asyncio.to_thread(self.ws.keep, node_id, sha)
+        if findings:
+            for f in findings:
+                await self.store.add_alert(node_id, None, f.guard, f.message, f.evidence)
+            await self._finish(await self.store.node(node_id), NodeStatus.FLAGGED,
+                               "static guard: " + "; ".join(f.message for f in findings), {})
+            return node_id
+        await self._materialize(await self.store.node(node_id))
+        self._wake_dispatch.set()
+        return node_id
+
+    # ---- commands ------------------------------------------------------------------
+
+    async def _thread_arg(self, args: dict[str, Any]) -> ThreadRow:
+        thread = await self.store.thread(int(args["thread"]))
+        if thread.task_id != self.task_id:
+            raise ThreadlabError(f"thread {thread.id} belongs to another task")
+        return thread
+
+    async def _carry_out(self, kind: CommandKind, args: dict[str, Any]) -> str:
+        if kind == CommandKind.STOP:
+            self.stop("stopped by command")
+            return "stopping"
+        if kind == CommandKind.FORK:
+            node = await self.store.node(int(args["node"]))
+            if not node.commit_sha or node.task_id != self.task_id:
+                raise ThreadlabError(f"node #{node.id} has no code to fork from")
+            count = len(await self.store.threads(self.task_id))
+            proposer = args.get("proposer") or self.config.proposer_for(count)
+            thread = await self._new_thread(node, proposer, f"t{count + 1}", f"forked at #{node.id}")
+            problem = await self._ensure_measured(node.id, self.task.all_seeds)
+            return f"thread {thread.name} (id {thread.id}) forked at #{node.id}" + (f"; {problem}" if problem else "")
+        if kind == CommandKind.MERGE:
+            a, b = await self.store.node(int(args["node"])), await self.store.node(int(args["other"]))
+            thread = await self.store.thread(a.thread_id) if a.thread_id else None
+            if thread is None or thread.status != ThreadStatus.RUNNING:
+                count = len(await self.store.threads(self.task_id))
+                thread = await self._new_thread(a, self.config.proposer_for(count), f"t{count + 1}", f"merge of #{a.id}")
+            await self._ensure_measured(a.id, self.task.all_seeds)
+            node_id = await self.add_candidate(
+                thread, a, Proposal(f"merge #{b.id} into #{a.id}", f"combine #{a.id} and #{b.id}", merge_with=b.id,
+                                    origin={"kind": "merge", "with": b.id, "by": "person"}),
+            )
+            node = await self.store.node(node_id)
+            if node.status == NodeStatus.FAILED:
+                raise ThreadlabError(f"merge failed: {node.error}")
+            return f"merge node #{node_id} queued on thread {thread.name}"
+        thread = await self._thread_arg(args)
+        if kind in (CommandKind.PIN, CommandKind.UNPIN):
+            await self.store.update_thread(thread.id, pinned=int(kind == CommandKind.PIN))
+            return f"thread {thread.name} {'pinned' if kind == CommandKind.PIN else 'unpinned'}"
+        if kind == CommandKind.PAUSE:
+            if thread.status != ThreadStatus.RUNNING:
+                raise ThreadlabError(f"thread {thread.name} is {thread.status}, not running")
+            await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note="paused")
+            return f"thread {thread.name} paused"
+        if kind == CommandKind.RESUME:
+            if thread.status != ThreadStatus.PAUSED:
+                raise ThreadlabError(f"thread {thread.name} is {thread.status}, not paused")
+            await self.store.update_thread(thread.id, status=str(ThreadStatus.RUNNING), note="resumed")
+            self._wake_plan.set()
+            self._wake_dispatch.set()
+            return f"thread {thread.name} resumed"
+        if kind == CommandKind.PRUNE:
+            if thread.status == ThreadStatus.PRUNED:
+                raise ThreadlabError(f"thread {thread.name} is already pruned")
+            killed = await self._close_thread(thread, ThreadStatus.PRUNED, "pruned")
+            await self._fill_threads()
+            return f"thread {thread.name} pruned; {killed} run(s) killed"
+        raise ThreadlabError(f"unknown command {kind}")
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)

@@ -1,0 +1,298 @@
+"""Loading and validating a task folder's task.toml.
+
+A task is any folder with a task.toml. Every problem gets one TaskError naming the field
+and what is allowed. Example:
+
+    name = "quadratic"
+    description = "Find the minimum of a noisy bowl."
+    editable = ["solution.py"]            # the only files proposals may change
+    private = ["data/val.json"]           # hidden from the candidate, read by the evaluator
+    default_profile = "smoke"
+
+    [metric]
+    name = "loss"
+    direction = "minimize"                # or "maximize"
+    unit = ""
+
+    [run]
+    command = ["{python}", "run.py"]      # the sandboxed candidate run
+    [evaluate]
+    command = ["{python}", "evaluate.py"] # the protected evaluator, its own process
+    timeout = 60
+
+    [budget]
+    seconds = 5                           # killed at seconds + grace
+    grace = 2
+
+    [seeds]
+    explore = [0]
+    validate = [1, 2, 3]
+    confidence = 0.95
+    noise_floor = 0.0
+
+    [profiles.smoke]                      # overrides any of budget/seeds/evaluate + params
+    params = { steps = 10 }
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import TaskError
+from engine.models import Direction
+
+TASK_FILE = "task.toml"
+PLAYBOOK_FILE = "playbook.toml"
+
+_TOP_KEYS = {
+    "name", "description", "editable", "protected", "private", "notes", "default_profile",
+    "gpu_profile", "metric", "run", "evaluate", "budget", "seeds", "profiles", "guards",
+}
+_PROFILE_KEYS = {"budget", "seeds", "evaluate", "params", "device", "description"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    path: Path  # the task folder
+    description: str
+    editable: tuple[str, ...]
+    private: tuple[str, ...]  # absolute paths
+    metric_name: str
+    direction: Direction
+    unit: str
+    run_command: tuple[str, ...]
+    eval_command: tuple[str, ...]
+    eval_timeout_s: float
+    budget_s: float
+    grace_s: float
+    explore_seeds: tuple[int, ...]
+    validate_seeds: tuple[int, ...]
+    confidence: float
+    noise_floor: float
+    profile: str
+    profiles: tuple[str, ...]
+    default_profile: str
+    gpu_profile: str | None
+    device: str  # "cpu" | "gpu": what a Slot must offer
+    params: dict[str, Any] = field(default_factory=dict)
+    forbidden: tuple[str, ...] = ()  # extra names the static guard refuses in edits
+    notes: str = ""
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        return self.explore_seeds + tuple(s for s in self.validate_seeds if s not in self.explore_seeds)
+
+    def better(self, a: float, b: float) -> bool:
+        """True when metric value a is strictly better than b."""
+        return a < b if self.direction is Direction.MINIMIZE else a > b
+
+    def improvement(self, new: float, old: float) -> float:
+        """How much better new is than old, positive when better, in metric units."""
+        return old - new if self.direction is Direction.MINIMIZE else new - old
+
+
+def _err(where: Path, field_name: str, problem: str) -> TaskError:
+    return TaskError(
+        f"{where}: field `{field_name}` {problem}",
+        hint=f"fix `{field_name}` in {where} (see `threadlab tasks` for working examples)",
+    )
+
+
+def _get(table: dict, key: str, kind: type | tuple, where: Path, prefix: str, default: Any = ...):
+    name = f"{prefix}{key}"
+    if key not in table:
+        if default is ...:
+            raise _err(where, name, "is required")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        want = " or ".join(k.__name__ for k in kinds)
+        raise _err(where, name, f"must be {want}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _str_list(table: dict, key: str, where: Path, prefix: str = "", default: Any = ...) -> tuple[str, ...]:
+    value = _get(table, key, list, where, prefix, default)
+    if not all(isinstance(v, str) and v for v in value):
+        raise _err(where, prefix + key, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _int_list(table: dict, key: str, where: Path, prefix: str, default: Any = ...) -> tuple[int, ...]:
+    value = _get(table, key, list, where, prefix, default)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _err(where, prefix + key, "must be a list of integers")
+    return tuple(value)
+
+
+def _command(table: dict, section: str, where: Path) -> tuple[str, ...]:
+    cmd = _str_list(table, "command", where, f"{section}.")
+    if not cmd:
+        raise _err(where, f"{section}.command", "must not be empty")
+    return tuple(c.replace("{python}", sys.executable) for c in cmd)
+
+
+def _check_keys(table: dict, allowed: set[str], where: Path, prefix: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _err(where, prefix + unknown[0], f"is not known; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec:
+    """Read and validate `folder/task.toml`, with `profile`'s overrides applied."""
+    path = Path(folder).expanduser().resolve()
+    where = path / TASK_FILE
+    if not where.is_file():
+        raise TaskError(
+            f"{path} is not a task: it has no {TASK_FILE}",
+            hint="point at a folder with a task.toml, or list the built-in tasks with `threadlab tasks`",
+        )
+    try:
+        doc = tomllib.loads(where.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskError(f"{where}: not valid TOML: {exc}", hint="fix the TOML syntax at that line") from None
+    _check_keys(doc, _TOP_KEYS, where, "")
+
+    editable = _str_list(doc, "editable", where)
+    if not editable:
+        raise _err(where, "editable", "must list at least one file")
+    for f in editable:
+        if f.startswith("/") or ".." in Path(f).parts:
+            raise _err(where, "editable", f"must hold paths inside the task folder, got {f!r}")
+        if not (path / f).is_file():
+            raise _err(where, "editable", f"names {f!r}, which does not exist in {path}")
+    private = tuple(
+        str((path / os.path.expandvars(p)).expanduser().resolve()) for p in _str_list(doc, "private", where, default=[])
+    )
+
+    metric = _get(doc, "metric", dict, where, "")
+    _check_keys(metric, {"name", "direction", "unit"}, where, "metric.")
+    direction_raw = _get(metric, "direction", str, where, "metric.")
+    try:
+        direction = Direction(direction_raw)
+    except ValueError:
+        raise _err(where, "metric.direction", f"must be 'minimize' or 'maximize', got {direction_raw!r}") from None
+
+    run = _get(doc, "run", dict, where, "")
+    evaluate = _get(doc, "evaluate", dict, where, "")
+    budget = _get(doc, "budget", dict, where, "")
+    seeds = _get(doc, "seeds", dict, where, "")
+    guards = _get(doc, "guards", dict, where, "", {})
+    profiles = _get(doc, "profiles", dict, where, "", {})
+    for pname, ptable in profiles.items():
+        if not isinstance(ptable, dict):
+            raise _err(where, f"profiles.{pname}", "must be a table")
+        _check_keys(ptable, _PROFILE_KEYS, where, f"profiles.{pname}.")
+
+    default_profile = _get(doc, "default_profile", str, where, "", next(iter(profiles), "default"))
+    gpu_profile = _get(doc, "gpu_profile", str, where, "", None)
+    for key, value in (("default_profile", default_profile), ("gpu_profile", gpu_profile)):
+        if value is not None and profiles and value not in profiles:
+            raise _err(where, key, f"names profile {value!r}; defined: {', '.join(profiles)}")
+    chosen = profile or default_profile
+    if profiles and chosen not in profiles:
+        raise TaskError(
+            f"task {path.name!r} has no profile {chosen!r}",
+            hint=f"use one of: {', '.join(profiles)}",
+        )
+    over = profiles.get(chosen, {})
+    pw = f"profiles.{chosen}."
+    budget_o, seeds_o, eval_o = over.get("budget", {}), over.get("seeds", {}), over.get("evaluate", {})
+
+    def pick(base: dict, o: dict, key: str, kind: type, prefix: str, default: Any = ...):
+        if key in o:
+            return _get(o, key, kind, where, pw + prefix)
+        return _get(base, key, kind, where, prefix, default)
+
+    budget_s = pick(budget, budget_o, "seconds", float, "budget.")
+    grace_s = pick(budget, budget_o, "grace", float, "budget.", 5.0)
+    if budget_s <= 0:
+        raise _err(where, "budget.seconds", f"must be positive, got {budget_s}")
+    def seed_list(key: str) -> tuple[int, ...]:
+        if key in seeds_o:
+            return _int_list(seeds_o, key, where, pw + "seeds.")
+        return _int_list(seeds, key, where, "seeds.")
+
+    explore, validate = seed_list("explore"), seed_list("validate")
+    if not explore:
+        raise _err(where, "seeds.explore", "must list at least one seed")
+    if len(set(explore) | set(validate)) < 2:
+        raise _err(where, "seeds.validate", "must add at least one seed beyond seeds.explore (a t-test needs two)")
+    confidence = pick(seeds, seeds_o, "confidence", float, "seeds.", 0.95)
+    if not 0.5 <= confidence < 1:
+        raise _err(where, "seeds.confidence", f"must be in [0.5, 1), got {confidence}")
+    device = over.get("device", "cpu")
+    if device not in ("cpu", "gpu"):
+        raise _err(where, pw + "device", f"must be 'cpu' or 'gpu', got {device!r}")
+
+    return TaskSpec(
+        name=_get(doc, "name", str, where, "", path.name),
+        path=path,
+        description=_get(doc, "description", str, where, "", ""),
+        editable=editable,
+        private=private,
+        metric_name=_get(metric, "name", str, where, "metric."),
+        direction=direction,
+        unit=_get(metric, "unit", str, where, "metric.", ""),
+        run_command=_command(run, "run", where),
+        eval_command=_command(evaluate, "evaluate", where),
+        eval_timeout_s=pick(evaluate, eval_o, "timeout", float, "evaluate.", 120.0),
+        budget_s=budget_s,
+        grace_s=grace_s,
+        explore_seeds=explore,
+        validate_seeds=validate,
+        confidence=confidence,
+        noise_floor=pick(seeds, seeds_o, "noise_floor", float, "seeds.", 0.0),
+        profile=chosen,
+        profiles=tuple(profiles),
+        default_profile=default_profile,
+        gpu_profile=gpu_profile,
+        device=device,
+        params=dict(over.get("params", {})),
+        forbidden=_str_list(guards, "forbidden", where, "guards.", []),
+        notes=_read_notes(path, _get(doc, "notes", str, where, "", "")),
+    )
+
+
+def _read_notes(path: Path, name: str) -> str:
+    return (path / name).read_text() if name and (path / name).is_file() else ""
+
+
+def with_profile(spec: TaskSpec, profile: str) -> TaskSpec:
+    """The same task under another profile (re-read from disk so overrides apply)."""
+    return spec if profile == spec.profile else load_task(spec.path, profile)
+
+
+def builtin_tasks_dir() -> Path:
+    import tasks
+
+    return Path(tasks.__file__).parent
+
+
+def find_task(name_or_path: str) -> Path:
+    """A task folder from a path, or the name of a built-in task."""
+    p = Path(name_or_path).expanduser()
+    if (p / TASK_FILE).is_file():
+        return p.resolve()
+    builtin = builtin_tasks_dir() / name_or_path
+    if (builtin / TASK_FILE).is_file():
+        return builtin
+    raise TaskError(
+        f"no task named {name_or_path!r}: not a folder with a {TASK_FILE}, nor a built-in task",
+        hint="list the built-in tasks with `threadlab tasks`, or give the path of a folder holding a task.toml",
+    )
+
+
+def list_builtin_tasks() -> list[Path]:
+    root = builtin_tasks_dir()
+    return sorted(p.parent for p in root.glob(f"*/{TASK_FILE}"))
+

@@ -1,0 +1,1 @@
+"""Built-in research tasks: each subfolder with a task.toml is one."""
