@@ -7,9 +7,12 @@ Phase 1, the candidate run
     `req.run_command` runs with cwd = `<run_dir>/work`, a fresh copy of `req.files_dir`.
     Under the sandbox (engine/sandbox.py) only `<run_dir>` is writable, the files named in
     `req.protected` (relative to work/) are read-only and every path in
-    `req.private_paths` is hidden (an empty directory, or an empty file). There is no
-    network and /tmp is private. Environment: the engine's own minus every `THREADLAB_*`
-    and `ANTHROPIC_*` variable, plus the Slot's env, plus `req.env`, plus
+    `req.private_paths` is hidden (an empty directory, or a file that cannot be opened).
+    There is no network and /tmp is a private tmpfs; everything else, $HOME included, is
+    read-only, so tools that cache (Triton, torch.compile) need their cache directories
+    pointed at /tmp or the run dir through `req.env`. Environment: the engine's own minus
+    every `THREADLAB_*` and `ANTHROPIC_*` variable, plus the Slot's env, plus `req.env`,
+    plus
 
     THREADLAB_SEED         the run's seed
     THREADLAB_DEADLINE     unix time at which the budget is spent (start + budget)
@@ -22,7 +25,9 @@ Phase 1, the candidate run
     stdout and stderr go to `<run_dir>/stdout.log` and `<run_dir>/stderr.log`. The run is
     its own process group; at budget + grace the executor's own clock sends SIGTERM to the
     group, then SIGKILL 2 s later (under bwrap the whole sandbox dies at once: its PID
-    namespace goes with it). When the candidate exits, whatever it left running is killed.
+    namespace goes with it). When the candidate exits, whatever it left running is killed,
+    and the executor waits until it is really gone before it goes on (a GPU is free when
+    execute() returns). Without bwrap a process that leaves the group (setsid) escapes.
     Sample lines that are not such JSON objects, have a non-finite value, or are longer
     than 64 KiB are ignored (counted); at most 100,000 samples are kept per run.
 
@@ -62,7 +67,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -344,12 +349,6 @@ def _describe_exit(who: str, code: int) -> str:
     return f"{who} exited with code {code}"
 
 
-def _killpg(proc: asyncio.subprocess.Process, sig: int) -> None:
-    # The group outlives its leader while any member lives; after that the pgid is gone.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
 def _clean_env(slot: Slot, req: RunRequest) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV_PREFIXES)}
     env.update(slot.env)
@@ -439,9 +438,9 @@ def parse_result(data: bytes) -> _Result:
 
 @dataclass
 class _Active:
-    """A run in progress: its current process and why it was stopped, if it was."""
+    """A run in progress: its current process group and why it was stopped, if it was."""
 
-    proc: asyncio.subprocess.Process | None = None
+    group: sandbox.Confined | None = None
     stop: RunStatus | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -476,8 +475,8 @@ class LocalExecutor:
         try:
             return await self._execute(req, slot, on_samples, active)
         finally:
-            if active.proc is not None and active.proc.returncode is None:
-                _killpg(active.proc, signal.SIGKILL)  # we were cancelled mid-run
+            if active.group is not None:
+                active.group.discard()  # a no-op unless we were cancelled mid-run
             del self._active[req.run_id]
             active.done.set()
 
@@ -487,8 +486,8 @@ class LocalExecutor:
         if active is None:
             return False
         active.stop = active.stop or RunStatus.CANCELLED
-        if active.proc is not None:
-            _killpg(active.proc, signal.SIGKILL)
+        if active.group is not None:
+            active.group.kill(signal.SIGKILL)
         return True
 
     async def shutdown(self) -> None:
@@ -496,12 +495,11 @@ class LocalExecutor:
         self._closed = True
         for active in self._active.values():
             active.stop = active.stop or RunStatus.INTERRUPTED
-            if active.proc is not None:
-                _killpg(active.proc, signal.SIGKILL)
-        waits = [a.done.wait() for a in self._active.values()]
+            if active.group is not None:
+                active.group.kill(signal.SIGKILL)
+        waits = [asyncio.ensure_future(a.done.wait()) for a in self._active.values()]
         if waits:
-            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits],
-                                            timeout=10)
+            _, pending = await asyncio.wait(waits, timeout=10)
             for fut in pending:
                 fut.cancel()
 
@@ -540,6 +538,7 @@ class LocalExecutor:
             return outcome(active.stop)
 
         env = _clean_env(slot, req)
+        started = time.time()  # outcome() reports phase 1's start, not the copying
         first = await self._run_candidate(req, env, run_dir, on_samples, active, extra)
         if isinstance(first, str):
             return outcome(RunStatus.FAILED, first)
@@ -583,14 +582,10 @@ class LocalExecutor:
                              extra: dict[str, Any]) -> _Exit | str:
         """Phase 1. Returns how the candidate ended, or why it could not start."""
         work, out = run_dir / "work", run_dir / "out"
-        argv = sandbox.wrap(
-            req.run_command, cwd=str(work), writable=[str(run_dir)],
-            readonly=[str(work / p) for p in req.protected], hidden=req.private_paths)
         read_fd, write_fd = os.pipe()
         samples = _SampleStream(os.fdopen(read_fd, "rb", buffering=0), on_samples)
-        started = time.time()
         env = env | {
-            "THREADLAB_DEADLINE": repr(started + req.budget_s),
+            "THREADLAB_DEADLINE": repr(time.time() + req.budget_s),
             "THREADLAB_OUT": str(out),
             "THREADLAB_SAMPLES_FD": str(write_fd),
         }
@@ -600,17 +595,18 @@ class LocalExecutor:
             stdout = _open_log(run_dir / "stdout.log")
             stderr = _open_log(run_dir / "stderr.log")
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                    stderr=stderr, pass_fds=(write_fd,), start_new_session=True)
+                active.group = await sandbox.spawn(
+                    req.run_command, cwd=str(work), writable=[str(run_dir)],
+                    readonly=[str(work / p) for p in req.protected],
+                    hidden=req.private_paths, env=env, stdout=stdout, stderr=stderr,
+                    pass_fds=(write_fd,))
             except OSError as exc:
                 return f"cannot start the candidate {list(req.run_command)}: {exc}"
             finally:
                 # Our copy of the write end must go, or the pipe never reaches EOF.
                 os.close(write_fd)
                 write_fd = -1
-            active.proc = proc
-            ended = await self._wait(proc, req.budget_s + req.grace_s, active)
+            ended = await self._wait(active.group, req.budget_s + req.grace_s, active)
             await samples.finish()
             return ended
         finally:
@@ -631,10 +627,6 @@ class LocalExecutor:
             await _copy_tree(req.files_dir, files)
         except (OSError, ExecutorError) as exc:
             return f"cannot prepare the evaluator's files: {exc}"
-        # The run dir and private paths are bound read-only too: under the host's /tmp
-        # they would otherwise vanish behind the sandbox's own /tmp.
-        argv = sandbox.wrap(req.eval_command, cwd=str(files), writable=[str(eval_dir)],
-                            readonly=[str(run_dir), *req.private_paths])
         read_fd, write_fd = os.pipe()
         pipe = os.fdopen(read_fd, "rb", buffering=0)
         data = bytearray()
@@ -650,16 +642,18 @@ class LocalExecutor:
         try:
             log_fd = _open_log(run_dir / "eval.log")
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=files, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
-                    stderr=log_fd, pass_fds=(write_fd,), start_new_session=True)
+                # The run dir and private paths are bound read-only too: under the host's
+                # /tmp they would otherwise vanish behind the sandbox's own /tmp.
+                active.group = await sandbox.spawn(
+                    req.eval_command, cwd=str(files), writable=[str(eval_dir)],
+                    readonly=[str(run_dir), *req.private_paths], env=env, stdout=log_fd,
+                    stderr=log_fd, pass_fds=(write_fd,))
             except OSError as exc:
                 return f"cannot start the evaluator {list(req.eval_command)}: {exc}"
             finally:
                 os.close(write_fd)
                 write_fd = -1
-            active.proc = proc
-            ended = await self._wait(proc, req.eval_timeout_s, active)
+            ended = await self._wait(active.group, req.eval_timeout_s, active)
             await asyncio.wait({reading}, timeout=PIPE_EOF_WAIT_S)
             return ended, data
         finally:
@@ -671,9 +665,14 @@ class LocalExecutor:
                 if fd >= 0:
                     os.close(fd)
 
-    async def _wait(self, proc: asyncio.subprocess.Process, limit_s: float,
+    async def _wait(self, group: sandbox.Confined, limit_s: float,
                     active: _Active) -> _Exit:
-        """Wait for the process, enforcing `limit_s` by our clock; then kill its group."""
+        """Wait for the process, enforcing `limit_s` by our own clock.
+
+        Returns once every process of the group (or sandbox) is gone, so the Slot is
+        really free: the next run cannot meet a dying predecessor on its GPU.
+        """
+        proc = group.proc
         t0 = time.monotonic()
         timed_out = False
         try:
@@ -681,14 +680,14 @@ class LocalExecutor:
                 await proc.wait()
         except TimeoutError:
             timed_out = active.stop is None
-            _killpg(proc, signal.SIGTERM)
+            group.kill(signal.SIGTERM)
             try:
                 async with asyncio.timeout(KILL_AFTER_S):
                     await proc.wait()
             except TimeoutError:
-                _killpg(proc, signal.SIGKILL)
+                group.kill(signal.SIGKILL)
                 await proc.wait()
         seconds = time.monotonic() - t0
-        _killpg(proc, signal.SIGKILL)  # whatever it left behind in its group
+        await group.reap()  # whatever it left behind
         assert proc.returncode is not None
         return _Exit(proc.returncode, timed_out, seconds)

@@ -329,7 +329,10 @@ class Engine:
                 run_id=run.id, node_id=node.id, seed=run.seed, files_dir=str(files), run_dir=str(run_dir),
                 budget_s=task.budget_s, grace_s=task.grace_s, eval_timeout_s=task.eval_timeout_s,
                 run_command=task.run_command, eval_command=task.eval_command, protected=protected,
-                private_paths=(*task.private, str(db), f"{db}-wal", f"{db}-shm"),
+                # the candidate sees neither the database nor other runs' files (their checkpoints
+                # would smuggle training time past the budget)
+                private_paths=(*task.private, str(db), f"{db}-wal", f"{db}-shm",
+                               *(str(self.run_root / d) for d in ("runs", "nodes", "repos"))),
                 env=(("THREADLAB_PARAMS", _json(task.params)), ("THREADLAB_PROFILE", task.profile),
                      ("THREADLAB_TASK_DIR", str(task.path))),
             )

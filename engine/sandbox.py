@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +147,13 @@ class Confined:
     in it is gone), or without bwrap for each process still in the group.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, info: BinaryIO | None):
+    def __init__(self, proc: asyncio.subprocess.Process,
+                 info: tuple[asyncio.StreamReader, asyncio.BaseTransport] | None):
         self.proc = proc
+        self._reaped = False  # after reap() the pgid may belong to someone else
         self._ns_pidfd: int | None = None
-        self._info = asyncio.create_task(self._read_info(info)) if info else None
+        self._info_transport = info[1] if info else None
+        self._info = asyncio.create_task(self._read_info(info[0])) if info else None
 
     @property
     def pid(self) -> int:
@@ -159,6 +161,8 @@ class Confined:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         # The group outlives its leader while any member lives; after that it is gone.
+        if self._reaped:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
@@ -166,35 +170,35 @@ class Confined:
         """SIGKILL what is left and wait until none of it runs any more."""
         self.kill(signal.SIGKILL)
         if self._info is not None:
-            await self._info
+            await self._info  # quick: bwrap closes the info pipe once it wrote it, or dies
             fds = [self._ns_pidfd] if self._ns_pidfd is not None else []
             self._ns_pidfd = None
         else:
             fds = _group_pidfds(self.proc.pid)
         await _wait_pidfds(fds, timeout)
+        self._reaped = True
 
     def discard(self) -> None:
         """Kill without waiting and free what is held (for an execute() being cancelled)."""
         self.kill(signal.SIGKILL)
-        if self._info is not None and not self._info.done():
+        if self._info is not None:
             self._info.cancel()
+        if self._info_transport is not None:
+            self._info_transport.close()
         if self._ns_pidfd is not None:
             os.close(self._ns_pidfd)
             self._ns_pidfd = None
 
-    async def _read_info(self, info: BinaryIO) -> None:
-        # bwrap writes the info right after it creates the sandbox and then closes the fd;
-        # the pidfd is opened at once, before the pid could ever be reused.
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), info)
+    async def _read_info(self, reader: asyncio.StreamReader) -> None:
+        # bwrap writes the info right after it creates the sandbox and closes the fd; the
+        # pidfd is opened at once, while the sandbox's PID 1 is certainly not yet reaped.
+        data = b""
         try:
-            data = await reader.read(1 << 16)
             while chunk := await reader.read(1 << 16):
                 data += chunk
         finally:
-            transport.close()
+            if self._info_transport is not None:
+                self._info_transport.close()
         try:
             pid = int(json.loads(data)["child-pid"])
             self._ns_pidfd = os.pidfd_open(pid)
@@ -236,7 +240,12 @@ async def spawn(
     finally:
         if info_w >= 0:
             os.close(info_w)  # else the info pipe never reaches EOF
-    return Confined(proc, os.fdopen(info_r, "rb", buffering=0) if info_r >= 0 else None)
+    if info_r < 0:
+        return Confined(proc, None)
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(info_r, "rb", buffering=0))
+    return Confined(proc, (reader, transport))
 
 
 def _pgid_of(pid: int) -> int | None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
+import logging
 import os
 import random
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import textwrap
@@ -170,7 +169,7 @@ def pids_running(marker: str) -> list[int]:
 # ------------------------------------------------------------------ the normal run
 
 
-async def test_normal_run(mode, tmp_path):
+async def test_normal_run(mode, tmp_path, caplog):
     files = make_task(tmp_path, """\
         print("val_bpb: 0.1")
         print('{"metric": 0}')
@@ -199,6 +198,8 @@ async def test_normal_run(mode, tmp_path):
     run_dir = tmp_path / "run1"
     assert "val_bpb: 0.1" in (run_dir / "stdout.log").read_text()
     assert (run_dir / "eval.log").exists()
+    # Nothing was left hanging (e.g. a pipe kept open by the parent's copy of its fd).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_environment(mode, tmp_path, monkeypatch):
@@ -272,7 +273,8 @@ async def test_samples_arrive_while_the_run_goes_on(tmp_path, monkeypatch):
         (Path(req.run_dir) / "out" / "seen").write_text("1")
 
     sink = Sink(hook)
-    out = await LocalExecutor([SLOT]).execute(req, SLOT, sink)
+    async with asyncio.timeout(15):  # a sample held back until the exit would hang here
+        out = await LocalExecutor([SLOT]).execute(req, SLOT, sink)
     assert out.status == RunStatus.DONE, out.error
     assert [[s["step"] for s in b] for b in sink.batches] == [[0], [1]]
 
@@ -288,7 +290,7 @@ async def test_concurrent_runs_keep_their_samples_apart(mode, tmp_path):
     outs = await asyncio.gather(*(
         ex.execute(request(tmp_path, files, run_id=i, env=(("TAG", str(i)),)), SLOT, sinks[i])
         for i in range(2)))
-    for i, (out, sink) in enumerate(zip(outs, sinks)):
+    for i, (out, sink) in enumerate(zip(outs, sinks, strict=True)):
         assert out.status == RunStatus.DONE, out.error
         assert [s["value"] for s in sink.samples] == [float(i)] * 50
 
@@ -372,7 +374,8 @@ async def test_budget_kills_the_whole_group(mode, tmp_path):
         seen.extend(pids_running(marker))
 
     req = request(tmp_path, files, budget=0.5, grace=0.5)
-    out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink(hook))
+    async with asyncio.timeout(30):  # fail, rather than hang, if the budget is not enforced
+        out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink(hook))
 
     assert out.status == RunStatus.TIMEOUT
     assert "budget" in out.error and out.metric is None
@@ -643,4 +646,6 @@ def test_result_parsing_keeps_audits_without_metric():
         b'{"metric": NaN, "audits": [{"guard": "g", "ok": false}]}')
     assert parsed.metric is None and parsed.error == "metric is nan"
     assert parsed.audits == (AuditResult("g", False),)
-    assert math.isfinite(executor_mod.parse_result(b'{"metric": 2}').metric or math.nan)
+    assert executor_mod.parse_result(b'{"metric": 2}') == executor_mod.parse_result(
+        b'{"metric": 2.0, "audits": [], "extra": {}}')
+    assert executor_mod.parse_result(b'{"metric": 2}').metric == 2.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,7 +108,10 @@ def test_real_sandbox_enforces_the_rules(real_bwrap, tmp_path):
     (run / "log.txt").write_text("log")
     sibling = tmp_path / "sibling.txt"  # under the host's /tmp, not bound
     sibling.write_text("x")
-    secret = Path("/var/tmp") / f"threadlab-test-{tmp_path.name}"
+    # Outside /tmp, which the sandbox replaces anyway.
+    fd, name = tempfile.mkstemp(prefix="threadlab-test-", dir="/var/tmp")
+    os.close(fd)
+    secret = Path(name)
     secret.write_text("s3cret")
     try:
         script = (

@@ -1,0 +1,97 @@
+"""task.toml: one clear error naming the field and what is allowed."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.config import parse_duration, parse_proposers
+from engine.errors import TaskError, ThreadlabError
+from engine.models import Direction
+from engine.taskfile import find_task, load_task
+
+BOWL = Path(__file__).parent / "fixtures" / "bowl"
+
+
+@pytest.fixture
+def task(tmp_path):
+    folder = tmp_path / "bowl"
+    shutil.copytree(BOWL, folder)
+    return folder
+
+
+def edit_toml(folder: Path, old: str, new: str) -> None:
+    path = folder / "task.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_the_fixture_loads(task):
+    spec = load_task(task)
+    assert spec.name == "bowl" and spec.direction is Direction.MINIMIZE
+    assert spec.all_seeds == (0, 1, 2, 3, 4) and spec.profile == "smoke"
+    assert spec.better(1.0, 2.0) and spec.improvement(1.0, 2.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    "old, new, field, allowed",
+    [
+        ('direction = "minimize"', 'direction = "lower"', "metric.direction", "'minimize' or 'maximize'"),
+        ("seconds = 10", 'seconds = "ten"', "budget.seconds", "must be float"),
+        ("seconds = 10", "seconds = -1", "budget.seconds", "must be positive"),
+        ('editable = ["solution.py"]', 'editable = ["missing.py"]', "editable", "does not exist"),
+        ('editable = ["solution.py"]', 'editable = ["../x.py"]', "editable", "inside the task folder"),
+        ("confidence = 0.95", "confidence = 1.5", "seeds.confidence", "[0.5, 1)"),
+        ("validate = [1, 2, 3, 4]", "validate = []", "seeds.validate", "at least one seed"),
+        ('[run]\ncommand = ["{python}", "run.py"]', '[run]\ncommand = []', "run.command", "must not be empty"),
+        ('name = "bowl"', 'name = "bowl"\ncolour = "red"', "colour", "is not known"),
+        ("[budget]\nseconds = 10\ngrace = 2\n", "", "budget", "is required"),
+    ],
+)
+def test_malformed_fields_are_named(task, old, new, field, allowed):
+    edit_toml(task, old, new)
+    with pytest.raises(TaskError) as info:
+        load_task(task)
+    message = str(info.value)
+    assert f"`{field}`" in message and allowed in message
+    assert "\n" not in message and info.value.hint
+
+
+def test_bad_toml_syntax_names_the_line(task):
+    (task / "task.toml").write_text('name = "bowl\n')
+    with pytest.raises(TaskError, match="not valid TOML.*line 1"):
+        load_task(task)
+
+
+def test_unknown_profile_lists_the_defined_ones(task):
+    with pytest.raises(TaskError) as info:
+        load_task(task, "gpu")
+    assert "smoke" in info.value.hint
+
+
+def test_profile_overrides_apply(task):
+    with open(task / "task.toml", "a") as f:
+        f.write('\n[profiles.long]\nbudget = { seconds = 99 }\nseeds = { validate = [7, 8] }\nparams = { n = 3 }\n')
+    spec = load_task(task, "long")
+    assert spec.budget_s == 99 and spec.validate_seeds == (7, 8) and spec.params == {"n": 3}
+    assert load_task(task).budget_s == 10
+
+
+def test_find_task_by_path_and_unknown_name(task):
+    assert find_task(str(task)) == task.resolve()
+    with pytest.raises(TaskError, match="no task named 'nope'"):
+        find_task("nope")
+
+
+def test_durations_and_proposer_specs():
+    assert parse_duration("90") == 90 and parse_duration("15m") == 900 and parse_duration("1h30m") == 5400
+    for bad in ("", "soon", "0s"):
+        with pytest.raises(ThreadlabError):
+            parse_duration(bad)
+    assert parse_proposers("search", 4) == (("search", 0),)
+    assert parse_proposers("search:2", 4) == (("search", 2),)
+    with pytest.raises(ThreadlabError, match="unknown proposer"):
+        parse_proposers("gpt:2", 4)
+    with pytest.raises(ThreadlabError, match="more threads"):
+        parse_proposers("search:5", 2)
