@@ -181,6 +181,25 @@ async def _follow(db: Path) -> None:
         console.print("detached; the engine keeps running (`threadlab stop` stops it)")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("task")
+@click.option("--profile", default=None, help="the profile whose params to prepare for")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def prepare(task: str, profile: str | None, args: tuple[str, ...]) -> None:
+    """Prepare TASK's data (downloads, tokenizer); extra ARGS go to its prepare step.
+
+    For example: threadlab prepare nanochat --source dir:~/texts
+    """
+    spec = load_task(find_task(task), profile)
+    if not spec.prepare_command:
+        console.print(f"task {spec.name} needs no preparation")
+        return
+    env = {**os.environ, "THREADLAB_PARAMS": json.dumps(spec.params), "THREADLAB_DATA_DIR": str(spec.data_dir)}
+    code = subprocess.run([*spec.prepare_command, *args], cwd=spec.path, env=env).returncode
+    if code != 0:
+        sys.exit(code)  # the prepare step printed its own one-line error
+
+
 @cli.command()
 @_db_option
 @click.option("--slots", "cpu_slots", type=click.IntRange(1, 1024), default=None, help="override the CPU slots")

@@ -313,6 +313,10 @@ async def _copy_tree(src: str, dst: Path) -> None:
         raise ExecutorError(f"cannot copy {src} to {dst}: {err.decode(errors='replace').strip()}")
 
 
+def _existing(paths: Sequence[str]) -> list[str]:
+    return [p for p in paths if os.path.exists(p)]
+
+
 def _remove(path: Path) -> None:
     """Remove a file, a symlink (never followed) or a directory tree, if present."""
     if path.is_symlink() or path.is_file():
@@ -597,7 +601,7 @@ class LocalExecutor:
             try:
                 active.group = await sandbox.spawn(
                     req.run_command, cwd=str(work), writable=[str(run_dir)],
-                    readonly=[str(work / p) for p in req.protected],
+                    readonly=[*_existing(req.readable), *(str(work / p) for p in req.protected)],
                     hidden=req.private_paths, env=env, stdout=stdout, stderr=stderr,
                     pass_fds=(write_fd,))
             except OSError as exc:
@@ -646,7 +650,7 @@ class LocalExecutor:
                 # /tmp they would otherwise vanish behind the sandbox's own /tmp.
                 active.group = await sandbox.spawn(
                     req.eval_command, cwd=str(files), writable=[str(eval_dir)],
-                    readonly=[str(run_dir), *req.private_paths], env=env, stdout=log_fd,
+                    readonly=[str(run_dir), *_existing(req.readable), *_existing(req.private_paths)], env=env, stdout=log_fd,
                     stderr=log_fd, pass_fds=(write_fd,))
             except OSError as exc:
                 return f"cannot start the evaluator {list(req.eval_command)}: {exc}"

@@ -33,6 +33,7 @@ FORBIDDEN_MODULES = {
     "signal": "budget_evasion",
     "inspect": "harness_introspection",
     "gc": "harness_introspection",
+    "__main__": "harness_introspection",
 }
 
 # Dotted calls or attribute uses that are forbidden wherever they appear.
@@ -58,11 +59,18 @@ FORBIDDEN_ATTRS = {
     "os.environ": "environment",
 }
 
-FORBIDDEN_NAMES = {"__import__": "module_tampering", "exec": "dynamic_code", "eval": "dynamic_code",
-                   "compile": "dynamic_code", "globals": "harness_introspection"}
+FORBIDDEN_NAMES = {
+    "__import__": "module_tampering", "__builtins__": "module_tampering", "exec": "dynamic_code",
+    "eval": "dynamic_code", "globals": "harness_introspection", "vars": "harness_introspection",
+}
 
-# Assigning to these patches the clock or the statistics the harness relies on.
-TIMER_MODULES = {"time", "torch.cuda", "torch.cuda.Event", "torch", "triton.testing", "statistics", "math"}
+# Assigning to attributes of these patches the clock (timer_patch) or the library
+# functions the harness computes with (library_patch).
+TIMER_MODULES = {"time", "torch.cuda", "torch.cuda.Event", "triton.testing"}
+LIBRARY_MODULES = {
+    "torch", "torch.Tensor", "torch.nn", "torch.nn.functional", "F", "nn", "numpy", "np", "statistics", "math",
+    "data", "json", "os", "sys",
+}
 
 # String constants that point at data the candidate must not read.
 PRIVATE_DATA_WORDS = ("val.", "val_", "/val", "audit", "THREADLAB_RESULT_FD")
@@ -143,8 +151,11 @@ class _Scanner(ast.NodeVisitor):
     def _targets(self, targets: Iterable[ast.AST], node: ast.AST) -> None:
         for target in targets:
             dotted = _dotted(target) if isinstance(target, ast.Attribute) else None
-            if dotted and dotted.rsplit(".", 1)[0] in TIMER_MODULES:
+            owner = dotted.rsplit(".", 1)[0] if dotted else None
+            if owner in TIMER_MODULES:
                 self._add("timer_patch", node, f"assigns {dotted}")
+            elif owner in LIBRARY_MODULES:
+                self._add("library_patch", node, f"assigns {dotted}")
 
     def visit_Assign(self, node: ast.Assign) -> None:
         self._targets(node.targets, node)
@@ -159,6 +170,8 @@ class _Scanner(ast.NodeVisitor):
             dotted = _dotted(node.args[0])
             if dotted in TIMER_MODULES:
                 self._add("timer_patch", node, f"setattr on {dotted}")
+            elif dotted in LIBRARY_MODULES:
+                self._add("library_patch", node, f"setattr on {dotted}")
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:

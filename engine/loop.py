@@ -17,7 +17,9 @@ engine restarts where it stopped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import math
 import shutil
 import signal
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 
 from engine import guards
 from engine.config import SessionConfig
+from engine.edits import normalize_path
 from engine.errors import EditError, ExecutorError, ThreadlabError, WorkspaceError
 from engine.models import (
     CommandKind,
@@ -65,6 +68,13 @@ class Executor(Protocol):
     async def cancel(self, run_id: int) -> bool: ...
 
     async def shutdown(self) -> None: ...
+
+
+def _repo_path(path: str) -> str:
+    try:
+        return normalize_path(path)
+    except EditError:
+        return path  # an absolute or escaping path is outside the editable files too
 
 
 def make_proposer(name: str, task: TaskSpec, seed: int) -> Proposer:
@@ -173,6 +183,8 @@ class Engine:
         from engine.sandbox import sandbox_warning
 
         task = self.task
+        if task.prepare_command:
+            await self._prepare()
         repo = self.run_root / "repos" / f"{task.name}-{task.profile}"
         self.ws = await asyncio.to_thread(Workspace.open_or_create, repo, task.path, task.private)
         row = await self.store.upsert_task(
@@ -218,6 +230,29 @@ class Engine:
             "info", "engine", f"engine started on task {task.name} (profile {task.profile}) with "
             f"{len(self.executor.slots)} slot(s): {', '.join(s.name for s in self.executor.slots)}",
         )
+
+    async def _prepare(self) -> None:
+        """Run the task's prepare step (data, tokenizer); it caches, so a second call is cheap."""
+        log_path = self.run_root / "prepare.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        await self.store.add_event("info", "prepare", f"preparing task {self.task.name}: {' '.join(self.task.prepare_command)}")
+        with open(log_path, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *self.task.prepare_command, cwd=self.task.path, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **dict(self._task_env())},
+            )
+            code = await proc.wait()
+        if code != 0:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise ThreadlabError(
+                f"preparing task {self.task.name} failed: {lines[-1] if lines else f'exit code {code}'}",
+                hint=f"see {log_path}; run `threadlab prepare {self.task.name}` to try it by hand",
+            )
+
+    def _task_env(self) -> tuple[tuple[str, str], ...]:
+        task = self.task
+        return (("THREADLAB_PARAMS", json.dumps(task.params)), ("THREADLAB_PROFILE", task.profile),
+                ("THREADLAB_TASK_DIR", str(task.path)), ("THREADLAB_DATA_DIR", str(task.data_dir)))
 
     async def _shutdown(self) -> None:
         await self.executor.shutdown()
@@ -333,8 +368,7 @@ class Engine:
                 # would smuggle training time past the budget)
                 private_paths=(*task.private, str(db), f"{db}-wal", f"{db}-shm",
                                *(str(self.run_root / d) for d in ("runs", "nodes", "repos"))),
-                env=(("THREADLAB_PARAMS", _json(task.params)), ("THREADLAB_PROFILE", task.profile),
-                     ("THREADLAB_TASK_DIR", str(task.path))),
+                env=self._task_env(), readable=(str(task.data_dir),),
             )
 
             async def on_samples(batch: list[dict[str, Any]]) -> None:
@@ -354,6 +388,11 @@ class Engine:
         alerts = [
             (run.node_id, a.guard, a.message or f"audit {a.guard} failed", a.evidence) for a in outcome.audits if not a.ok
         ]
+        if outcome.status == RunStatus.TIMEOUT:
+            alerts.append((run.node_id, "runtime.budget", f"run #{run.id} overran its budget of {task.budget_s:.0f}s "
+                           f"(+{task.grace_s:.0f}s grace) and was killed", {"run_s": outcome.extra.get("run_s"),
+                                                                            "budget_s": task.budget_s}))
+        alerts += await self._baseline_relative_alerts(run, outcome)
         await self.store.finish_run(
             run.id, status=outcome.status, metric=outcome.metric, exit_code=outcome.exit_code, error=outcome.error,
             extra=dict(outcome.extra, audits=[a.guard for a in outcome.audits]), started_at=None,
@@ -361,6 +400,23 @@ class Engine:
         )
         await self._judge(run.node_id)
         self._wake_plan.set()
+
+    async def _baseline_relative_alerts(self, run: RunRow, outcome: RunOutcome) -> list[tuple]:
+        """Statistical guard: a result key far from the baseline's (e.g. a val/audit gap)."""
+        alerts: list[tuple] = []
+        if run.node_id == self.root_id or outcome.status != RunStatus.DONE:
+            return alerts
+        base_runs = [r for r in await self.store.runs_of(self.root_id) if r.status == RunStatus.DONE]
+        for key, tolerance in self.task.baseline_relative.items():
+            value = outcome.extra.get(key)
+            base = [r.extra[key] for r in base_runs if isinstance(r.extra.get(key), (int, float))]
+            if not isinstance(value, (int, float)) or not base:
+                continue
+            mean = statistics.fmean(base)
+            if abs(value - mean) > tolerance:
+                alerts.append((run.node_id, f"audit.{key}", f"{key} is {value:.4g}, the baseline's is {mean:.4g} "
+                               f"(tolerance {tolerance:g})", {"value": value, "baseline": mean, "tolerance": tolerance}))
+        return alerts
 
     # ---- the judge -----------------------------------------------------------------
 
@@ -629,6 +685,13 @@ class Engine:
         common = dict(task_id=self.task_id, thread_id=thread.id, parent_id=parent.id, title=proposal.title,
                       hypothesis=proposal.hypothesis, origin=dict(proposal.origin, proposer=thread.proposer))
         other: NodeRow | None = None
+        protected = sorted({_repo_path(e.file) for e in proposal.edits} - set(task.editable))
+        if protected:
+            node_id = await self.store.add_node(**common, commit_sha=None, status=NodeStatus.QUEUED)
+            message = f"the proposal edits protected file(s) {', '.join(protected)}; editable: {', '.join(task.editable)}"
+            await self.store.add_alert(node_id, None, "static.protected_file", message, {"files": protected})
+            await self._finish(await self.store.node(node_id), NodeStatus.FLAGGED, message, {})
+            return node_id
         try:
             if proposal.merge_with is not None:
                 other = await self.store.node(proposal.merge_with)
@@ -726,8 +789,3 @@ class Engine:
             return f"thread {thread.name} pruned; {killed} run(s) killed"
         raise ThreadlabError(f"unknown command {kind}")
 
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)

@@ -140,3 +140,6 @@ class RunRequest:
     protected: tuple[str, ...]  # paths relative to files_dir, read-only inside the run
     private_paths: tuple[str, ...]  # absolute paths hidden from the candidate, shown to the evaluator
     env: tuple[tuple[str, str], ...] = ()
+    # absolute paths both phases may read (the task's prepared data): a sandbox's /tmp is
+    # its own, so data kept there would otherwise be invisible
+    readable: tuple[str, ...] = ()

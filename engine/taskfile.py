@@ -37,6 +37,7 @@ and what is allowed. Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -50,8 +51,8 @@ TASK_FILE = "task.toml"
 PLAYBOOK_FILE = "playbook.toml"
 
 _TOP_KEYS = {
-    "name", "description", "editable", "protected", "private", "notes", "default_profile",
-    "gpu_profile", "metric", "run", "evaluate", "budget", "seeds", "profiles", "guards",
+    "name", "description", "editable", "private", "notes", "default_profile",
+    "gpu_profile", "metric", "run", "evaluate", "prepare", "budget", "seeds", "profiles", "guards",
 }
 _PROFILE_KEYS = {"budget", "seeds", "evaluate", "params", "device", "description"}
 
@@ -82,7 +83,15 @@ class TaskSpec:
     device: str  # "cpu" | "gpu": what a Slot must offer
     params: dict[str, Any] = field(default_factory=dict)
     forbidden: tuple[str, ...] = ()  # extra names the static guard refuses in edits
+    # extra key -> tolerance: a run whose evaluator extra[key] is further than this from the
+    # baseline's mean raises an Alert (e.g. the val/audit gap of a training task)
+    baseline_relative: dict[str, float] = field(default_factory=dict)
+    prepare_command: tuple[str, ...] = ()  # run once before the session, outside the sandbox
     notes: str = ""
+
+    @property
+    def data_dir(self) -> Path:
+        return data_dir()
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
@@ -134,11 +143,33 @@ def _int_list(table: dict, key: str, where: Path, prefix: str, default: Any = ..
     return tuple(value)
 
 
-def _command(table: dict, section: str, where: Path) -> tuple[str, ...]:
+def data_dir() -> Path:
+    """Where tasks keep prepared data: $THREADLAB_DATA_DIR, else ~/.cache/threadlab."""
+    return Path(os.environ.get("THREADLAB_DATA_DIR") or Path.home() / ".cache" / "threadlab").expanduser()
+
+
+def _expand(text: str, params: dict[str, Any], where: Path, field_name: str) -> str:
+    """Fill {python}, {data} and {params.NAME} in a command or path."""
+
+    def fill(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "python":
+            return sys.executable
+        if key == "data":
+            return str(data_dir())
+        name = key.removeprefix("params.")
+        if key.startswith("params.") and name in params:
+            return str(params[name])
+        raise _err(where, field_name, f"uses {{{key}}}; known: {{python}}, {{data}}, {{params.NAME}} of the profile")
+
+    return re.sub(r"\{([a-z_.]+)\}", fill, text)
+
+
+def _command(table: dict, section: str, where: Path, params: dict[str, Any]) -> tuple[str, ...]:
     cmd = _str_list(table, "command", where, f"{section}.")
     if not cmd:
         raise _err(where, f"{section}.command", "must not be empty")
-    return tuple(c.replace("{python}", sys.executable) for c in cmd)
+    return tuple(_expand(c, params, where, f"{section}.command") for c in cmd)
 
 
 def _check_keys(table: dict, allowed: set[str], where: Path, prefix: str) -> None:
@@ -170,9 +201,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
             raise _err(where, "editable", f"must hold paths inside the task folder, got {f!r}")
         if not (path / f).is_file():
             raise _err(where, "editable", f"names {f!r}, which does not exist in {path}")
-    private = tuple(
-        str((path / os.path.expandvars(p)).expanduser().resolve()) for p in _str_list(doc, "private", where, default=[])
-    )
+    private_raw = _str_list(doc, "private", where, default=[])
 
     metric = _get(doc, "metric", dict, where, "")
     _check_keys(metric, {"name", "direction", "unit"}, where, "metric.")
@@ -184,6 +213,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
 
     run = _get(doc, "run", dict, where, "")
     evaluate = _get(doc, "evaluate", dict, where, "")
+    prepare = _get(doc, "prepare", dict, where, "", {})
     budget = _get(doc, "budget", dict, where, "")
     seeds = _get(doc, "seeds", dict, where, "")
     guards = _get(doc, "guards", dict, where, "", {})
@@ -230,6 +260,13 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     confidence = pick(seeds, seeds_o, "confidence", float, "seeds.", 0.95)
     if not 0.5 <= confidence < 1:
         raise _err(where, "seeds.confidence", f"must be in [0.5, 1), got {confidence}")
+    params = dict(_get(over, "params", dict, where, pw, {}))
+    private = tuple(
+        str((path / _expand(p, params, where, "private")).expanduser().resolve()) for p in private_raw
+    )
+    relative = _get(guards, "baseline_relative", dict, where, "guards.", {})
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in relative.values()):
+        raise _err(where, "guards.baseline_relative", "must map result keys to positive tolerances")
     device = over.get("device", "cpu")
     if device not in ("cpu", "gpu"):
         raise _err(where, pw + "device", f"must be 'cpu' or 'gpu', got {device!r}")
@@ -243,8 +280,10 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         metric_name=_get(metric, "name", str, where, "metric."),
         direction=direction,
         unit=_get(metric, "unit", str, where, "metric.", ""),
-        run_command=_command(run, "run", where),
-        eval_command=_command(evaluate, "evaluate", where),
+        run_command=_command(run, "run", where, params),
+        eval_command=_command(evaluate, "evaluate", where, params),
+        prepare_command=_command(prepare, "prepare", where, params) if prepare else (),
+        baseline_relative={k: float(v) for k, v in relative.items()},
         eval_timeout_s=pick(evaluate, eval_o, "timeout", float, "evaluate.", 120.0),
         budget_s=budget_s,
         grace_s=grace_s,
@@ -257,7 +296,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         default_profile=default_profile,
         gpu_profile=gpu_profile,
         device=device,
-        params=dict(over.get("params", {})),
+        params=params,
         forbidden=_str_list(guards, "forbidden", where, "guards.", []),
         notes=_read_notes(path, _get(doc, "notes", str, where, "", "")),
     )

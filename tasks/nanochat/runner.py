@@ -1,0 +1,75 @@
+"""Protected runner: trains the candidate's train.py inside the sandbox, saves its weights.
+
+It hands train.train() a context with train-split batches only: the val and audit splits
+are hidden from this sandbox. What the candidate prints is only log; its score comes from
+evaluate.py, in another process.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import data
+
+PARAMS = json.loads(os.environ.get("THREADLAB_PARAMS", "{}"))
+VOCAB = int(PARAMS.get("vocab", 8192))
+SIZE = PARAMS.get("size", "full")
+TRAIN_S = float(PARAMS.get("train_s", 300))
+SEED = int(os.environ.get("THREADLAB_SEED", "0"))
+OUT = os.environ.get("THREADLAB_OUT", ".")
+
+
+class Context:
+    """What train(ctx) may use: the device, its seed, batches, a deadline and report()."""
+
+    def __init__(self, tokens: np.ndarray, device: str, deadline: float, samples):
+        self.device = device
+        self.seed = SEED
+        self.size = SIZE
+        self.vocab_size = VOCAB
+        self.deadline = deadline
+        self._tokens = tokens
+        self._samples = samples
+
+    def batches(self, batch_size: int, seq_len: int):
+        """Endless random windows of the train split: x (B, T) and y = x shifted by one."""
+        rng = np.random.default_rng(self.seed)
+        n = len(self._tokens) - seq_len - 1
+        if n <= 0:
+            raise ValueError(f"the train split has {len(self._tokens)} tokens, fewer than seq_len {seq_len}")
+        offsets = np.arange(seq_len + 1)
+        while True:
+            starts = rng.integers(0, n, size=batch_size)
+            chunk = torch.from_numpy(self._tokens[starts[:, None] + offsets].astype(np.int64))
+            if self.device.startswith("cuda"):
+                chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+            yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+
+    def report(self, step: int, name: str, value: float) -> None:
+        if self._samples is not None:
+            self._samples.write(json.dumps({"step": int(step), "name": str(name), "value": float(value)}) + "\n")
+
+
+def main() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    fd = os.environ.get("THREADLAB_SAMPLES_FD")
+    samples = os.fdopen(int(fd), "w", buffering=1) if fd else None
+    tokens = data.load_tokens("train", VOCAB)
+    ctx = Context(tokens, device, time.time() + TRAIN_S, samples)
+
+    import train  # the candidate, imported after the clock starts: its import time counts
+
+    model = train.train(ctx)
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"train() returned {type(model).__name__}, not a torch.nn.Module")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(OUT, "model.pt"))
+
+
+if __name__ == "__main__":
+    main()

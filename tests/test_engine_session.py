@@ -1,0 +1,183 @@
+"""engine.loop.Engine end to end on the bowl fixture: propose, run, judge, accept, learn.
+
+Each test runs a real Engine in-process (real sandboxed runs, ~0.1 s each) and asserts
+what state.db shows, through a second (viewer) connection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+from engine.models import Edit, Proposal
+from engine.workspace import Workspace
+
+from tests.conftest import make_task
+
+ALL_SEEDS = [0, 1, 2, 3, 4]  # the bowl fixture: explore [0], validate [1, 2, 3, 4]
+
+
+async def test_a_session_accepts_a_validated_improvement_and_records_everything(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+    accepted_id = await s.wait(
+        lambda: s.scalar("SELECT MIN(id) FROM nodes WHERE status = 'accepted'"), 40, "a node to be accepted"
+    )
+    assert await s.stop() == "test over"
+
+    node = (await s.rows("SELECT * FROM nodes WHERE id = ?", (accepted_id,)))[0]
+    assert node["p_value"] is not None and node["p_value"] < 0.05
+    assert node["n_runs"] == 5 and node["commit_sha"]
+
+    # The verdict: a one-sided test over 5 seeds on each side, all of them measured.
+    verdicts = await s.rows("SELECT * FROM verdicts WHERE node_id = ?", (accepted_id,))
+    assert len(verdicts) == 1 and verdicts[0]["accepted"] == 1
+    details = json.loads(verdicts[0]["details"])
+    assert sorted(details["seeds"]) == ALL_SEEDS
+    assert len(details["candidate"]) == 5 and len(details["parent"]) == 5
+    assert math.isclose(node["metric"], statistics.fmean(details["candidate"]))
+    assert statistics.fmean(details["candidate"]) < statistics.fmean(details["parent"])  # bowl minimises
+
+    # Its runs: one exploration run on seed 0, then validation on seeds 1-4, all done.
+    runs = await s.rows("SELECT * FROM runs WHERE node_id = ? AND status = 'done' ORDER BY id", (accepted_id,))
+    assert sorted((r["purpose"], r["seed"]) for r in runs) == [("explore", 0)] + [("validate", k) for k in (1, 2, 3, 4)]
+    explore = next(r for r in runs if r["purpose"] == "explore")
+    assert all(r["queued_at"] >= explore["ended_at"] for r in runs if r["purpose"] == "validate"), \
+        "validation runs were queued before the exploration run had ended"
+    # ... and the verdict's numbers are those runs' metrics, and the parent's seeds' metrics.
+    assert sorted(details["candidate"]) == sorted(r["metric"] for r in runs)
+    parent_runs = await s.rows(
+        "SELECT seed, metric FROM runs WHERE node_id = ? AND status = 'done'", (node["parent_id"],)
+    )
+    assert {r["seed"] for r in parent_runs} >= set(ALL_SEEDS)
+    assert sorted(details["parent"]) == sorted(
+        {r["seed"]: r["metric"] for r in parent_runs}[k] for k in ALL_SEEDS
+    )
+
+    # The thread's head moved: to this node or to a better one accepted after it, and the
+    # thread's git branch points at the head's commit.
+    thread = (await s.rows("SELECT * FROM threads WHERE id = ?", (node["thread_id"],)))[0]
+    head = (await s.rows("SELECT * FROM nodes WHERE id = ?", (thread["head_node_id"],)))[0]
+    assert head["status"] == "accepted" and head["id"] >= accepted_id and head["metric"] <= node["metric"]
+    repo = (await s.rows("SELECT repo_path FROM tasks"))[0]["repo_path"]
+    assert Workspace(repo, "").branch_sha(thread["branch"]) == head["commit_sha"]
+    events = await s.rows("SELECT message FROM events WHERE kind = 'accepted'")
+    assert any(f"#{accepted_id} " in e["message"] for e in events), events
+
+    # A positive Lesson names the node and the improvement.
+    lessons = await s.rows("SELECT * FROM lessons WHERE node_id = ?", (accepted_id,))
+    assert len(lessons) == 1 and lessons[0]["positive"] == 1 and lessons[0]["effect"] > 0
+
+    # Every finished run of the session: a finite metric and its streamed samples.
+    done = await s.rows("SELECT id, metric FROM runs WHERE status = 'done'")
+    assert len(done) >= 10
+    assert all(r["metric"] is not None and math.isfinite(r["metric"]) for r in done)
+    counts = {r["run_id"]: r["n"] for r in await s.rows(
+        "SELECT run_id, COUNT(*) AS n FROM samples WHERE name = 'grad_norm' GROUP BY run_id")}
+    assert all(counts.get(r["id"], 0) >= 10 for r in done), "a finished run has no samples (STEPS >= 10)"
+
+    # The baseline ran on every seed and candidates rejected on the exploration seed
+    # cost exactly one run.
+    root = (await s.rows("SELECT * FROM nodes WHERE parent_id IS NULL"))[0]
+    assert root["status"] == "baseline" and root["n_runs"] == 5
+    early = await s.rows(
+        "SELECT n.id, COUNT(r.id) AS n FROM nodes n JOIN runs r ON r.node_id = n.id "
+        "WHERE n.status = 'rejected' AND n.p_value IS NULL GROUP BY n.id")
+    assert early and all(r["n"] == 1 for r in early)
+
+
+async def test_proposals_are_made_ahead_of_free_slots(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+
+    async def busy_with_work_waiting() -> bool:
+        baseline = await s.scalar("SELECT status FROM nodes WHERE parent_id IS NULL")
+        running = await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'running'")
+        waiting = await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'queued' AND purpose = 'explore'")
+        return baseline == "baseline" and running == 2 and waiting >= 1
+
+    await s.wait(busy_with_work_waiting, 30, "both slots busy while explore runs wait in the queue")
+
+
+async def test_edits_that_do_not_apply_or_touch_protected_files_are_refused_and_never_run(bowl, start_engine, script_proposals):
+    missing = Proposal(
+        "ghost edit", "edits a line that is not there",
+        edits=(Edit("solution.py", "    this line is not in solution.py\n", "    pass\n"),),
+        origin={"kind": "idea", "idea": "ghost"},
+    )
+    protected = Proposal(
+        "harness edit", "edits the protected runner",
+        edits=(Edit("run.py", "import json\n", "import json  # changed\n"),),
+        origin={"kind": "idea", "idea": "harness"},
+    )
+    script_proposals([missing, protected])
+    s = await start_engine(bowl, threads=1)
+
+    async def both_decided():
+        rows = await s.rows("SELECT * FROM nodes WHERE title IN ('ghost edit', 'harness edit') AND status != 'queued'")
+        return rows if len(rows) == 2 else None
+
+    nodes = {r["title"]: r for r in await s.wait(both_decided, 20, "the two bad proposals to be decided")}
+    ghost, harness = nodes["ghost edit"], nodes["harness edit"]
+    assert ghost["status"] == "failed" and ghost["commit_sha"] is None
+    assert "solution.py" in ghost["error"] and "SEARCH matches nowhere" in ghost["error"], ghost["error"]
+    # An edit to a protected file is a static guard's business: flagged, with an Alert.
+    assert harness["status"] == "flagged" and harness["commit_sha"] is None
+    assert "protected" in harness["error"] and "run.py" in harness["error"], harness["error"]
+    alerts = await s.rows("SELECT guard, evidence FROM alerts WHERE node_id = ?", (harness["id"],))
+    assert [a["guard"] for a in alerts] == ["static.protected_file"] and "run.py" in alerts[0]["evidence"]
+    assert await s.scalar("SELECT COUNT(*) FROM alerts WHERE node_id = ?", (ghost["id"],)) == 0
+    for n in (ghost, harness):
+        assert await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = ?", (n["id"],)) == 0
+        verdict = await s.rows("SELECT accepted, summary FROM verdicts WHERE node_id = ?", (n["id"],))
+        assert [v["accepted"] for v in verdict] == [0] and verdict[0]["summary"] == n["error"]
+        lesson = await s.rows("SELECT idea, positive FROM lessons WHERE node_id = ?", (n["id"],))
+        assert [(le["idea"], le["positive"]) for le in lesson] == [(json.loads(n["origin"])["idea"], 0)]
+
+    # The thread goes on with the playbook's proposals, which run.
+    await s.wait(
+        lambda: s.scalar("SELECT COUNT(*) FROM runs r JOIN nodes n ON n.id = r.node_id "
+                         "WHERE n.id > ? AND r.status = 'done'", (harness["id"],)),
+        20, "a later proposal of the same thread to finish a run",
+    )
+
+
+async def test_a_static_guard_flags_a_process_spawning_idea_before_it_runs(tmp_path, start_engine):
+    playbook = '''
+[[idea]]
+id = "spawn"
+title = "Shell out"
+hypothesis = "A subprocess could do the work."
+  [[idea.edit]]
+  file = "solution.py"
+  search = """# knobs
+"""
+  replace = """import subprocess
+# knobs
+"""
+'''
+    task = make_task(tmp_path / "bowl", playbook=playbook)
+    s = await start_engine(task, threads=2)
+    node = (await s.wait(
+        lambda: s.rows("SELECT * FROM nodes WHERE title = 'Shell out' AND status != 'queued'"),
+        20, "the subprocess idea to be decided"))[0]
+    assert node["status"] == "flagged"
+    assert node["commit_sha"], "a flagged node keeps its commit, as evidence"
+    alerts = await s.rows("SELECT * FROM alerts WHERE node_id = ?", (node["id"],))
+    assert [a["guard"] for a in alerts] == ["static.process_spawn"]
+    evidence = json.loads(alerts[0]["evidence"])
+    assert evidence["file"] == "solution.py" and "import subprocess" in evidence["code"]
+    assert await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = ?", (node["id"],)) == 0
+    verdict = await s.rows("SELECT accepted FROM verdicts WHERE node_id = ?", (node["id"],))
+    assert [v["accepted"] for v in verdict] == [0]
+    assert await s.scalar("SELECT positive FROM lessons WHERE node_id = ?", (node["id"],)) == 0
+    # Nothing else to try: both threads retire, and neither head moved.
+    threads = await s.wait(lambda: _all_done(s), 20, "both threads to run out of ideas")
+    root = await s.scalar("SELECT id FROM nodes WHERE parent_id IS NULL")
+    assert len(threads) == 2 and all("no more ideas" in t["note"] for t in threads)
+    assert all(t["head_node_id"] == root for t in threads)
+    assert await s.scalar("SELECT COUNT(*) FROM nodes") == 2  # the baseline and the flagged node
+
+
+async def _all_done(s):
+    rows = await s.rows("SELECT * FROM threads")
+    return rows if rows and all(t["status"] == "done" for t in rows) else None
