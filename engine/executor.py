@@ -34,7 +34,8 @@ Phase 1, the candidate run
 Phase 2, the evaluator (only when the candidate exited 0 within its budget)
     `req.eval_command` runs in its own sandbox with cwd = `<run_dir>/eval/files`, a fresh
     copy of `req.files_dir` (never the candidate's work dir). Only `<run_dir>/eval` is
-    writable, the run directory is readable and private paths are NOT hidden. Environment
+    writable, the run directory is readable and private paths are NOT hidden (`req.sealed`
+    paths are hidden in both phases). Environment
     as in phase 1 (THREADLAB_DEADLINE is the evaluator's own, from `req.eval_timeout_s`;
     THREADLAB_BUDGET_S is still the candidate's budget), plus
 
@@ -602,7 +603,7 @@ class LocalExecutor:
                 active.group = await sandbox.spawn(
                     req.run_command, cwd=str(work), writable=[str(run_dir)],
                     readonly=[*_existing(req.readable), *(str(work / p) for p in req.protected)],
-                    hidden=req.private_paths, env=env, stdout=stdout, stderr=stderr,
+                    hidden=[*req.private_paths, *req.sealed], env=env, stdout=stdout, stderr=stderr,
                     pass_fds=(write_fd,))
             except OSError as exc:
                 return f"cannot start the candidate {list(req.run_command)}: {exc}"
@@ -650,7 +651,8 @@ class LocalExecutor:
                 # /tmp they would otherwise vanish behind the sandbox's own /tmp.
                 active.group = await sandbox.spawn(
                     req.eval_command, cwd=str(files), writable=[str(eval_dir)],
-                    readonly=[str(run_dir), *_existing(req.readable), *_existing(req.private_paths)], env=env, stdout=log_fd,
+                    readonly=[str(run_dir), *_existing(req.readable), *_existing(req.private_paths)],
+                    hidden=req.sealed, env=env, stdout=log_fd,
                     stderr=log_fd, pass_fds=(write_fd,))
             except OSError as exc:
                 return f"cannot start the evaluator {list(req.eval_command)}: {exc}"

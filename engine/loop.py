@@ -364,10 +364,8 @@ class Engine:
                 run_id=run.id, node_id=node.id, seed=run.seed, files_dir=str(files), run_dir=str(run_dir),
                 budget_s=task.budget_s, grace_s=task.grace_s, eval_timeout_s=task.eval_timeout_s,
                 run_command=task.run_command, eval_command=task.eval_command, protected=protected,
-                # the candidate sees neither the database nor other runs' files (their checkpoints
-                # would smuggle training time past the budget)
-                private_paths=(*task.private, str(db), f"{db}-wal", f"{db}-shm",
-                               *(str(self.run_root / d) for d in ("runs", "nodes", "repos"))),
+                private_paths=task.private,
+                sealed=(str(db), f"{db}-wal", f"{db}-shm", *(str(self.run_root / d) for d in ("runs", "nodes", "repos"))),
                 env=self._task_env(), readable=(str(task.data_dir),),
             )
 

@@ -143,3 +143,6 @@ class RunRequest:
     # absolute paths both phases may read (the task's prepared data): a sandbox's /tmp is
     # its own, so data kept there would otherwise be invisible
     readable: tuple[str, ...] = ()
+    # the engine's own paths (database, other runs' files), hidden in both phases: another
+    # run's checkpoint must not stand in for this one's
+    sealed: tuple[str, ...] = ()

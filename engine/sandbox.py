@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import glob
 import json
 import logging
 import os
@@ -117,6 +118,10 @@ def wrap(
         "--unshare-net", "--unshare-pid", "--unshare-ipc",
         "--die-with-parent", "--new-session",
     ]
+    # The GPU's device nodes: `--dev` makes a minimal /dev without them. Which GPU a run
+    # may use is still chosen by CUDA_VISIBLE_DEVICES (its Slot).
+    for device in sorted(glob.glob("/dev/nvidia*")):
+        argv += ["--dev-bind", device, device]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
     for path, rank in mounts:

@@ -67,6 +67,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _call_failed(request: pytest.FixtureRequest) -> bool:
+    """True when the test body failed (or xfailed): its teardown adds no second report."""
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed or hasattr(report, "wasxfail")
+
+
 async def wait_for(
     predicate: Callable[[], Any | Awaitable[Any]],
     timeout: float = 20.0,
@@ -152,7 +165,13 @@ def bowl(tmp_path: Path) -> Path:
 
 
 class ScriptedProposer:
-    """Hands out `script` first, one Proposal per call, then asks the real proposer."""
+    """Hands out `script` first, one Proposal per call, then asks the real proposer.
+
+    It can also hold a thread's proposals at a gate: `hold(thread_id)` makes that thread's
+    next propose() calls wait until `release(thread_id)`; `waiting` holds the thread ids
+    whose call waits at the gate now, `calls` every finished call (thread_id, start, end).
+    The engine's planner is sequential, so a call held at the gate freezes it.
+    """
 
     name = "search"
 
@@ -160,13 +179,36 @@ class ScriptedProposer:
         self.script = list(script)
         self.fallback = fallback
         self.handed_out: list[Proposal] = []
+        self.waiting: set[int] = set()
+        self.calls: list[tuple[int, float, float]] = []
+        self._gates: dict[int, asyncio.Event] = {}
+
+    def hold(self, thread_id: int) -> None:
+        self._gates.setdefault(thread_id, asyncio.Event())
+
+    def release(self, thread_id: int | None = None) -> None:
+        for tid in [thread_id] if thread_id is not None else list(self._gates):
+            gate = self._gates.pop(tid, None)
+            if gate is not None:
+                gate.set()
 
     async def propose(self, ctx: Any) -> Proposal | None:
-        if self.script:
-            proposal = self.script.pop(0)
-            self.handed_out.append(proposal)
-            return proposal
-        return await self.fallback.propose(ctx) if self.fallback is not None else None
+        start = time.time()
+        gate = self._gates.get(ctx.thread_id)
+        if gate is not None:
+            self.waiting.add(ctx.thread_id)
+            try:
+                await gate.wait()
+            finally:
+                self.waiting.discard(ctx.thread_id)
+        try:
+            if self.script:
+                proposal = self.script.pop(0)
+                self.handed_out.append(proposal)
+                return proposal
+            return await self.fallback.propose(ctx) if self.fallback is not None else None
+        finally:
+            self.calls.append((ctx.thread_id, start, time.time()))
 
     def observe(self, attempt: Any) -> None:
         if self.fallback is not None:
@@ -250,11 +292,11 @@ class EngineSession:
 
 
 @pytest.fixture
-async def start_engine(tmp_path: Path):
+async def start_engine(tmp_path: Path, request: pytest.FixtureRequest):
     """start_engine(task_dir, threads=2, patience=100, ...) -> EngineSession.
 
-    On teardown every engine is stopped and awaited, and the test fails if an engine loop
-    crashed (an `error`/`crash` event) at any time.
+    On teardown every engine is stopped and awaited, and a test that passed gets an error
+    if an engine raised or one of its loops crashed (an `error`/`crash` event).
     """
     sessions: list[EngineSession] = []
 
@@ -288,6 +330,9 @@ async def start_engine(tmp_path: Path):
     problems = []
     for s in sessions:
         s.engine.stop("test over")
+        for proposer in s.engine.proposers.values():
+            if isinstance(proposer, ScriptedProposer):
+                proposer.release()
         try:
             await asyncio.wait_for(asyncio.shield(s.task), 30)
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -298,7 +343,7 @@ async def start_engine(tmp_path: Path):
         finally:
             await s.reader.close()
             await s.store.close()
-    if problems:
+    if problems and not _call_failed(request):
         pytest.fail("engine problems: " + "; ".join(problems))
 
 

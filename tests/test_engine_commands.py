@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+
+import pytest
 
 from engine.config import SessionConfig
 from engine.executor import LocalExecutor, detect_slots
@@ -19,7 +22,8 @@ FINISHED = "('done', 'failed', 'timeout')"
 
 
 async def _thread_rows(s, thread_id):
-    return (await s.rows("SELECT * FROM threads WHERE id = ?", (thread_id,)))[0]
+    rows = await s.rows("SELECT * FROM threads WHERE id = ?", (thread_id,))
+    return rows[0] if rows else None
 
 
 async def _finished_runs_of_thread(s, thread_id) -> int:
@@ -41,7 +45,7 @@ async def test_a_pinned_thread_is_never_retired_while_an_unpinned_one_is(bowl, s
 
     async def pinned_outlived_patience():
         t1, t2 = await _thread_rows(s, 1), await _thread_rows(s, 2)
-        return t1["stale_attempts"] >= 2 and t2["status"] == "done"
+        return t1 and t2 and t1["stale_attempts"] >= 2 and t2["status"] == "done"
 
     await s.wait(pinned_outlived_patience, 30, "thread 1 to pass its patience and thread 2 to retire")
     pin = await s.reader.command(1)
@@ -62,26 +66,37 @@ async def test_a_pinned_thread_is_never_retired_while_an_unpinned_one_is(bowl, s
 # ---- pause / resume ---------------------------------------------------------------------
 
 
-async def test_pause_stops_a_thread_until_resume(bowl, start_engine):
+async def test_pause_stops_a_thread_until_resume(bowl, start_engine, script_proposals):
+    proposer = script_proposals([])
     s = await start_engine(bowl, threads=2)
     await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM nodes WHERE thread_id = 1 AND status IN "
                                   "('accepted', 'rejected', 'failed', 'flagged')"),
                  30, "thread 1 to decide a node")
 
+    # Pause while the planner is held inside a proposal of thread 2, i.e. past thread 1 in
+    # its pass, so no proposal of thread 1 is under way when the pause is carried out (that
+    # case is test_a_proposal_under_way_when_its_thread_is_paused_is_not_added).
+    proposer.hold(2)
+    await s.wait(lambda: 2 in proposer.waiting, 20, "the planner to reach a proposal of thread 2")
     pause = await s.send("pause", thread=1)
+    proposer.release(2)
     assert (pause.status, pause.result) == ("done", "thread t1 paused")
     assert (await _thread_rows(s, 1))["status"] == "paused"
 
     # A window measured by the other thread's progress: 6 more of its runs finish.
     before = await _finished_runs_of_thread(s, 2)
     await s.wait(lambda: _more(s, 2, before + 6), 30, "thread 2 to finish 6 more runs")
-    late_nodes = await s.rows("SELECT id, title FROM nodes WHERE thread_id = 1 AND created_at > ?", (pause.done_at,))
+    late_nodes = await s.rows("SELECT id, title, created_at FROM nodes WHERE thread_id = 1 AND created_at > ?",
+                              (pause.done_at,))
     late_runs = await s.rows(
-        "SELECT r.id FROM runs r JOIN nodes n ON n.id = r.node_id WHERE n.thread_id = 1 AND r.started_at > ?",
+        "SELECT r.id, r.node_id, r.purpose, r.started_at FROM runs r JOIN nodes n ON n.id = r.node_id "
+        "WHERE n.thread_id = 1 AND r.started_at > ?",
         (pause.done_at,),
     )
-    assert late_nodes == [] and late_runs == [], "a paused thread proposed or started work"
+    assert [dict(r) for r in late_nodes] == [], "a paused thread proposed a node after the pause was done"
+    assert [dict(r) for r in late_runs] == [], "a paused thread started a run after the pause was done"
     assert (await _thread_rows(s, 1))["status"] == "paused"
+    assert not any(tid == 1 and start > pause.done_at for tid, start, _ in proposer.calls)
 
     again = await s.send("pause", thread=1)
     assert again.status == "failed" and "paused, not running" in again.result
@@ -99,6 +114,30 @@ async def test_pause_stops_a_thread_until_resume(bowl, start_engine):
     )
     twice = await s.send("resume", thread=1)
     assert twice.status == "failed" and "running, not paused" in twice.result
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: engine/loop.py Engine._plan_loop/_propose/add_candidate: a proposal under way when its thread is "
+    "paused is still committed as a new node of the paused thread (the planner works from a thread row read "
+    "before the pause and nothing re-checks the status before add_candidate)"))
+async def test_a_proposal_under_way_when_its_thread_is_paused_is_not_added(bowl, start_engine, script_proposals):
+    proposer = script_proposals([])
+    s = await start_engine(bowl, threads=2)
+    await s.wait(lambda: s.scalar("SELECT status = 'baseline' FROM nodes WHERE id = 1"), 20, "the baseline")
+
+    proposer.hold(1)
+    await s.wait(lambda: 1 in proposer.waiting, 20, "the planner to start a proposal of thread 1")
+    pause = await s.send("pause", thread=1)
+    assert pause.status == "done"
+    released = time.time()
+    proposer.release(1)
+    # The planner is sequential: once it proposes for thread 2, thread 1's proposal is handled.
+    await s.wait(lambda: any(tid == 2 and start > released for tid, start, _ in proposer.calls), 20,
+                 "the planner to move on to thread 2")
+    await s.wait(lambda: any(tid == 2 and start > released for tid, start, end in proposer.calls
+                             if end > start), 20, "thread 2's proposal to be handled")
+    late = await s.rows("SELECT id, title FROM nodes WHERE thread_id = 1 AND created_at > ?", (pause.done_at,))
+    assert [dict(r) for r in late] == [], "a node was added to the thread after it was paused"
 
 
 async def _more(s, thread_id, target):
@@ -238,20 +277,56 @@ async def _count_at_least(s, sql, target):
 # ---- stop -------------------------------------------------------------------------------
 
 
-async def test_a_stop_command_ends_run_releases_the_lock_and_a_restart_goes_on(bowl, start_engine, tmp_path):
-    s = await start_engine(bowl, threads=2)
+async def _stop_by_command(s) -> int:
     await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'done'"), 20, "a run to finish")
-
     cid = await s.reader.add_command("stop", {})
-    reason = await asyncio.wait_for(asyncio.shield(s.task), 15)
+    reason = await asyncio.wait_for(asyncio.shield(s.task), 15)  # raises what run() raised
     assert reason == "stopped by command"
+    return cid
+
+
+STOP_BUG = (
+    "BUG: engine/loop.py Engine.run + Engine._command_loop: run() cancels the command loop as soon as the stop "
+    "event is set, while _command_loop is still awaiting store.finish_command() for the stop command itself; "
+    "the command stays 'pending' (so the next engine on this database obeys it again and stops at once), and "
+    "when the cancellation lands on the BEGIN IMMEDIATE in engine/store.py Store.write (issued before its "
+    "try/ROLLBACK), the writer connection is left inside an open transaction: every later write fails with "
+    "'cannot start a transaction within a transaction', run() raises OperationalError from _shutdown, the "
+    "'engine stopped' event is not written and the lock row is not released"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=STOP_BUG)
+async def test_a_stop_command_ends_run_and_releases_the_lock(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+    cid = await _stop_by_command(s)
     assert await s.reader.lock() is None
     assert await s.scalar("SELECT COUNT(*) FROM engine_lock") == 0
-    cmd = await s.reader.command(cid)
-    assert (cmd.status, cmd.result) == ("done", "stopping"), "the stop command was left pending"
     assert await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'running'") == 0
     assert await s.scalar(
         "SELECT COUNT(*) FROM events WHERE kind = 'engine' AND message = 'engine stopped: stopped by command'") == 1
+    cmd = await s.reader.command(cid)
+    assert (cmd.status, cmd.result) == ("done", "stopping"), f"the stop command was left {cmd.status}"
+
+
+async def test_engine_stop_returns_and_releases_the_lock(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+    await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'done'"), 20, "a run to finish")
+    assert await s.reader.lock() is not None
+    assert await s.stop() == "test over"
+    assert await s.scalar("SELECT COUNT(*) FROM engine_lock") == 0
+    assert await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'running'") == 0
+    assert await s.scalar(
+        "SELECT COUNT(*) FROM events WHERE kind = 'engine' AND message = 'engine stopped: test over'") == 1
+
+
+@pytest.mark.xfail(strict=True, reason=STOP_BUG)
+async def test_an_engine_started_after_a_stop_command_keeps_running(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+    await _stop_by_command(s)
+    # A new process would open its own connection.
+    await s.store.close()
+    s.store = await Store.open(s.db, writer=True)
 
     # A new engine on the same database picks up where this one stopped, and keeps going.
     done = await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'done'")
@@ -261,7 +336,7 @@ async def test_a_stop_command_ends_run_releases_the_lock_and_a_restart_goes_on(b
     try:
         await wait_for(lambda: _count_at_least(s, "SELECT COUNT(*) FROM runs WHERE status = 'done'", done + 3),
                        20, "the restarted engine to finish runs",
-                       alive=lambda: f"the restarted engine stopped: {task.result()}" if task.done() else None)
+                       alive=lambda: f"the restarted engine stopped: {task.result()!r}" if task.done() else None)
     finally:
         engine.stop()
         await asyncio.wait_for(task, 30)

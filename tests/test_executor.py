@@ -133,13 +133,13 @@ def make_task(root: Path, candidate: str, evaluator: str = DEFAULT_EVALUATOR,
 def request(root: Path, files: Path, *, run_id: int = 1, budget: float = 30,
             grace: float = 1, eval_timeout: float = 30, protected: tuple[str, ...] = (),
             private: tuple[str, ...] = (), env: tuple[tuple[str, str], ...] = (),
-            run_command: tuple[str, ...] = (PY, "train.py")) -> RunRequest:
+            run_command: tuple[str, ...] = (PY, "train.py"), sealed: tuple[str, ...] = ()) -> RunRequest:
     return RunRequest(
         run_id=run_id, node_id=1, seed=7, files_dir=str(files),
         run_dir=str(root / f"run{run_id}"), budget_s=budget, grace_s=grace,
         eval_timeout_s=eval_timeout, run_command=run_command,
         eval_command=(PY, "evaluate.py"), protected=protected, private_paths=private,
-        env=env)
+        env=env, sealed=sealed)
 
 
 def alive(pid: int) -> bool:
@@ -601,6 +601,24 @@ async def test_private_paths_hidden_from_candidate_shown_to_evaluator(
     # a hidden directory is empty.
     assert all(s.startswith("ERROR") for s in seen), seen
     assert out.extra["seen"] == ["s3cret", "validation", "audit split"]
+
+
+async def test_sealed_paths_are_hidden_from_both_phases(bwrap_only, tmp_path, outside_dir):
+    """Another run's checkpoint must not reach the candidate, nor its code in the evaluator."""
+    other_run = outside_dir / "runs" / "7"
+    other_run.mkdir(parents=True)
+    (other_run / "model.pt").write_text("better weights")
+    path = str(other_run / "model.pt")
+    files = make_task(tmp_path, f"""\
+        record("seen.json", json.dumps(read({path!r})))
+    """, evaluator=f"""\
+        result({{"metric": 1, "extra": {{"seen": read({path!r})}}}})
+    """)
+    req = request(tmp_path, files, sealed=(str(outside_dir / "runs"),))
+    out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink())
+    assert out.status == RunStatus.DONE, out.error
+    assert json.loads((tmp_path / "run1" / "out" / "seen.json").read_text()).startswith("ERROR")
+    assert out.extra["seen"].startswith("ERROR")
 
 
 # ------------------------------------------------------------------ slots

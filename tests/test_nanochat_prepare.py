@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import shutil
 import random
 import sys
 import tarfile
@@ -254,6 +255,20 @@ def test_builtin_source_reads_the_archives_without_downloading_when_present(tmp_
     for i in range(4):
         assert home[prose(50 + i)] == home[prose(60 + i)]
     assert nanodata.load_meta(VOCAB, root=root)["source"] == "builtin"
+
+
+def test_prepared_data_copied_without_its_downloads_needs_no_network(tmp_path, monkeypatch):
+    """Data prepared here and copied to a GPU machine without network stays usable there,
+    even for a vocabulary not yet made."""
+    fake_sdists(tmp_path / "nanochat" / "raw")
+    root = prepare.prepare("builtin", vocab=VOCAB, data_dir=tmp_path)
+    shutil.rmtree(root / "raw")
+    monkeypatch.setattr(prepare.subprocess, "Popen", lambda *a, **k: pytest.fail("pip must not run"))
+    before = split_docs(root)
+    assert prepare.prepare("builtin", vocab=VOCAB, data_dir=tmp_path) == root
+    assert prepare.prepare("builtin", vocab=VOCAB + 64, data_dir=tmp_path) == root
+    assert split_docs(root) == before
+    assert (root / "public" / f"v{VOCAB + 64}" / "train.bin").is_file()
 
 
 def test_a_corrupt_archive_is_named_in_the_error(tmp_path):

@@ -689,6 +689,25 @@ def write_climbmix(writer: SplitWriter, shard_paths: list[Path]) -> None:
             writer.move_last(donor, empty)
 
 
+def _docs_without_downloads(root: Path, kind: str) -> dict | None:
+    """The manifest of documents already split from a pinned download source whose raw
+    files are gone (data copied to a machine without network), or None.
+
+    The builtin archives are pinned versions and ClimbMix shards never change, so the
+    documents made from them stay valid without the downloads."""
+    manifest = _read_json(manifest_path(root))
+    raw = root / "raw"
+    if kind == "builtin":
+        present = all(find_archive(raw, stem) for stem in BUILTIN_ARCHIVES.values())
+    else:
+        present = raw.is_dir() and any(raw.glob("shard_*.parquet"))
+    if present or not manifest or manifest.get("source") != kind:
+        return None
+    if not all(p.is_file() and p.stat().st_size > 0 for p in docs_paths(root).values()):
+        return None
+    return manifest
+
+
 def docs_stage(root: Path, source: str, inputs_key: str, produce: Callable[[SplitWriter], None],
                force: bool) -> tuple[dict, bool]:
     """Make the split documents unless the manifest says they come from these inputs."""
@@ -950,7 +969,11 @@ def prepare(source: str = "builtin", vocab: int = 8192, data_dir: Path | None = 
     raw = root / "raw"
     t0 = time.perf_counter()
     with _lock(root):
-        if kind == "builtin":
+        kept = None if force or kind == "dir" else _docs_without_downloads(root, kind)
+        if kept is not None:
+            manifest, made_docs = kept, False
+            label = kind
+        elif kind == "builtin":
             archives = fetch_builtin(raw, force)
             label = "builtin"
             inputs_key = _key({n: sha256_file(p) for n, p in archives.items()})
@@ -972,7 +995,8 @@ def prepare(source: str = "builtin", vocab: int = 8192, data_dir: Path | None = 
             def produce(writer: SplitWriter) -> None:
                 write_grouped(writer, read_dir(folder, files))
 
-        manifest, made_docs = docs_stage(root, label, inputs_key, produce, force)
+        if kept is None:
+            manifest, made_docs = docs_stage(root, label, inputs_key, produce, force)
         tok_path, made_tok = tokenizer_stage(root, vocab, manifest, force)
         made_bins = bins_stage(root, vocab, manifest, tok_path, force)
     if made_docs or made_tok or made_bins:

@@ -7,10 +7,14 @@ evaluate.py, in another process.
 
 import json
 import os
+import tempfile
 import time
 
-import numpy as np
-import torch
+# The sandbox's home is read-only: compiler caches go to its private /tmp.
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), "triton"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import data
 
@@ -33,6 +37,7 @@ class Context:
         self.deadline = deadline
         self._tokens = tokens
         self._samples = samples
+        self.tokens_drawn = 0  # counted here, for throughput figures (benchmarks/nanochat_baseline.py)
 
     def batches(self, batch_size: int, seq_len: int):
         """Endless random windows of the train split: x (B, T) and y = x shifted by one."""
@@ -43,6 +48,7 @@ class Context:
         offsets = np.arange(seq_len + 1)
         while True:
             starts = rng.integers(0, n, size=batch_size)
+            self.tokens_drawn += batch_size * seq_len
             chunk = torch.from_numpy(self._tokens[starts[:, None] + offsets].astype(np.int64))
             if self.device.startswith("cuda"):
                 chunk = chunk.pin_memory().to(self.device, non_blocking=True)
@@ -60,15 +66,23 @@ def main() -> None:
     fd = os.environ.get("THREADLAB_SAMPLES_FD")
     samples = os.fdopen(int(fd), "w", buffering=1) if fd else None
     tokens = data.load_tokens("train", VOCAB)
-    ctx = Context(tokens, device, time.time() + TRAIN_S, samples)
+    start = time.time()
+    ctx = Context(tokens, device, start + TRAIN_S, samples)
 
     import train  # the candidate, imported after the clock starts: its import time counts
 
     model = train.train(ctx)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.time() - start
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"train() returned {type(model).__name__}, not a torch.nn.Module")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(OUT, "model.pt"))
+    with open(os.path.join(OUT, "harness.json"), "w") as f:  # figures for people, never for the score
+        json.dump({"tokens": ctx.tokens_drawn, "train_s": train_s, "device": device,
+                   "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+                   "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}, f)
 
 
 if __name__ == "__main__":
