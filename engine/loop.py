@@ -279,6 +279,11 @@ class Engine:
     async def _command_loop(self) -> None:
         while True:
             for cmd in await self.store.pending_commands():
+                if cmd.kind == CommandKind.STOP:
+                    # recorded before stopping: stopping cancels this loop
+                    await self.store.finish_command(cmd.id, True, "stopping")
+                    self.stop("stopped by command")
+                    return
                 try:
                     result = await self._carry_out(CommandKind(cmd.kind), cmd.args)
                     await self.store.finish_command(cmd.id, True, result)
@@ -671,6 +676,9 @@ class Engine:
             await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=f"proposer error: {exc}")
             await self.store.add_event("error", "proposer", f"thread {thread.name}: {exc}")
             return
+        thread = await self.store.thread(thread.id)
+        if thread.status != ThreadStatus.RUNNING:
+            return  # paused or pruned while the proposer was thinking
         if proposal is None:
             await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
             return
@@ -736,9 +744,6 @@ class Engine:
         return thread
 
     async def _carry_out(self, kind: CommandKind, args: dict[str, Any]) -> str:
-        if kind == CommandKind.STOP:
-            self.stop("stopped by command")
-            return "stopping"
         if kind == CommandKind.FORK:
             node = await self.store.node(int(args["node"]))
             if not node.commit_sha or node.task_id != self.task_id:

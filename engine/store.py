@@ -135,11 +135,14 @@ class Store:
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One short write transaction, taken with BEGIN IMMEDIATE."""
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            if self._db.in_transaction:  # a write cancelled mid-way left its transaction open
+                await self._db.execute("ROLLBACK")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
             else:
                 await self._db.execute("COMMIT")

@@ -116,10 +116,6 @@ async def test_pause_stops_a_thread_until_resume(bowl, start_engine, script_prop
     assert twice.status == "failed" and "running, not paused" in twice.result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine/loop.py Engine._plan_loop/_propose/add_candidate: a proposal under way when its thread is "
-    "paused is still committed as a new node of the paused thread (the planner works from a thread row read "
-    "before the pause and nothing re-checks the status before add_candidate)"))
 async def test_a_proposal_under_way_when_its_thread_is_paused_is_not_added(bowl, start_engine, script_proposals):
     proposer = script_proposals([])
     s = await start_engine(bowl, threads=2)
@@ -285,18 +281,6 @@ async def _stop_by_command(s) -> int:
     return cid
 
 
-STOP_BUG = (
-    "BUG: engine/loop.py Engine.run + Engine._command_loop: run() cancels the command loop as soon as the stop "
-    "event is set, while _command_loop is still awaiting store.finish_command() for the stop command itself; "
-    "the command stays 'pending' (so the next engine on this database obeys it again and stops at once), and "
-    "when the cancellation lands on the BEGIN IMMEDIATE in engine/store.py Store.write (issued before its "
-    "try/ROLLBACK), the writer connection is left inside an open transaction: every later write fails with "
-    "'cannot start a transaction within a transaction', run() raises OperationalError from _shutdown, the "
-    "'engine stopped' event is not written and the lock row is not released"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STOP_BUG)
 async def test_a_stop_command_ends_run_and_releases_the_lock(bowl, start_engine):
     s = await start_engine(bowl, threads=2)
     cid = await _stop_by_command(s)
@@ -320,7 +304,6 @@ async def test_engine_stop_returns_and_releases_the_lock(bowl, start_engine):
         "SELECT COUNT(*) FROM events WHERE kind = 'engine' AND message = 'engine stopped: test over'") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=STOP_BUG)
 async def test_an_engine_started_after_a_stop_command_keeps_running(bowl, start_engine):
     s = await start_engine(bowl, threads=2)
     await _stop_by_command(s)
