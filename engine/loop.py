@@ -744,6 +744,10 @@ class Engine:
         return thread
 
     async def _carry_out(self, kind: CommandKind, args: dict[str, Any]) -> str:
+        if kind == CommandKind.ACKNOWLEDGE:
+            if not await self.store.acknowledge_alert(int(args["alert"])):
+                raise ThreadlabError(f"no alert {args['alert']}")
+            return f"alert {args['alert']} acknowledged"
         if kind == CommandKind.FORK:
             node = await self.store.node(int(args["node"]))
             if not node.commit_sha or node.task_id != self.task_id:

@@ -58,6 +58,7 @@ class CommandKind(StrEnum):
     UNPIN = "unpin"
     PAUSE = "pause"
     RESUME = "resume"
+    ACKNOWLEDGE = "acknowledge"  # an Alert seen by a person
     STOP = "stop"
 
 

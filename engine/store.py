@@ -525,6 +525,11 @@ class Store:
             rows = await self.rows("SELECT * FROM alerts WHERE node_id = ? ORDER BY id", (node_id,))
         return [AlertRow.from_row(r) for r in rows]
 
+    async def acknowledge_alert(self, alert_id: int) -> bool:
+        async with self.write() as db:
+            async with db.execute("UPDATE alerts SET acknowledged = 1 WHERE id = ?", (alert_id,)) as cur:
+                return cur.rowcount == 1
+
     async def add_lesson(
         self,
         task_id: int,

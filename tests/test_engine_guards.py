@@ -70,3 +70,15 @@ async def test_a_result_far_from_the_baselines_is_flagged(tmp_path, start_engine
     guards = [a["guard"] for a in await s.rows("SELECT * FROM alerts WHERE node_id = ?", (node["id"],))]
     assert guards == ["audit.shape"]
     assert await s.scalar("SELECT COUNT(*) FROM alerts WHERE node_id = 1") == 0  # the baseline is the reference
+
+
+async def test_an_alert_is_acknowledged_by_command(tmp_path, start_engine, script_proposals):
+    script_proposals([HARNESS_EDIT])
+    s = await start_engine(make_task(tmp_path / "bowl"), threads=1)
+    node = await decided(s, HARNESS_EDIT.title)
+    alert_id = await s.scalar("SELECT id FROM alerts WHERE node_id = ?", (node["id"],))
+    assert await s.scalar("SELECT acknowledged FROM alerts WHERE id = ?", (alert_id,)) == 0
+    done = await s.send("acknowledge", alert=alert_id)
+    assert done.status == "done" and await s.scalar("SELECT acknowledged FROM alerts WHERE id = ?", (alert_id,)) == 1
+    missing = await s.send("acknowledge", alert=alert_id + 1000)
+    assert missing.status == "failed" and "no alert" in missing.result
