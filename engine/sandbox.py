@@ -28,6 +28,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,22 @@ def _depth(path: str) -> int:
     return len([part for part in path.split("/") if part])
 
 
+def _interpreter_paths(cmd: Sequence[str]) -> list[str]:
+    """What the command needs that lives under the host's /tmp, which the sandbox replaces
+    with its own: a virtual environment or checkout there (CI clones into /tmp)."""
+    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
+    if cmd:
+        exe = shutil.which(cmd[0]) or cmd[0]
+        wanted |= {os.path.dirname(os.path.abspath(exe)), os.path.dirname(os.path.realpath(exe))}
+    tmp = os.path.realpath(tempfile.gettempdir())
+    found = set()
+    for path in wanted:
+        real = os.path.realpath(path) if path else ""
+        if real and os.path.exists(real) and (real == tmp or real.startswith(tmp + os.sep)):
+            found.add(real)
+    return sorted(found)
+
+
 def wrap(
     cmd: Sequence[str],
     *,
@@ -106,6 +124,7 @@ def wrap(
         else:
             log.debug("read-only path %s does not exist; not bound", p)
     mounts += [(os.path.realpath(p), 2) for p in hidden if os.path.exists(p)]
+    mounts += [(p, 1) for p in _interpreter_paths(cmd)]
     # A later mount wins inside an earlier one: shallowest first, so the most specific
     # rule wins; on the same path read-only beats writable and hidden beats both.
     mounts.sort(key=lambda m: (_depth(m[0]), m[1]))
