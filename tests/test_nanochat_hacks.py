@@ -24,7 +24,8 @@ sys.path.insert(0, str(TASK))
 import prepare  # noqa: E402  (the task's own script)
 
 VOCAB = 512
-PARAMS = {"size": "tiny", "vocab": VOCAB, "train_s": 2, "startup_allowance_s": 8, "eval_seq_len": 64,
+# a generous start-up allowance: a loaded 2-core machine must not trip the budget audit
+PARAMS = {"size": "tiny", "vocab": VOCAB, "train_s": 2, "startup_allowance_s": 30, "eval_seq_len": 64,
           "eval_batch": 8, "eval_tokens": 4096, "max_params": 5_000_000}
 BASELINE = (TASK / "train.py").read_text()
 
@@ -49,7 +50,7 @@ def edited(*replacements: tuple[str, str]) -> str:
     return code
 
 
-def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float = 20):
+def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float = 60, **params):
     """Run a candidate train.py through the sandboxed runner and evaluator."""
     spec = load_task(TASK, "smoke")
     files = tmp_path / "files"
@@ -60,7 +61,7 @@ def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float
         run_id=1, node_id=1, seed=0, files_dir=str(files), run_dir=str(tmp_path / "run"), budget_s=budget_s,
         grace_s=2, eval_timeout_s=120, run_command=spec.run_command, eval_command=spec.eval_command,
         protected=protected, private_paths=(str(data_dir / "nanochat" / "private"),),
-        env=(("THREADLAB_PARAMS", json.dumps(PARAMS)), ("THREADLAB_DATA_DIR", str(data_dir))),
+        env=(("THREADLAB_PARAMS", json.dumps(PARAMS | params)), ("THREADLAB_DATA_DIR", str(data_dir))),
         readable=(str(data_dir),),
     )
     executor = LocalExecutor(detect_slots(1, "cpu"))
@@ -118,8 +119,8 @@ def test_a_cache_across_evaluation_batches_is_caught_by_the_statelessness_audit(
 
 
 def test_overrunning_the_budget_is_caught_by_the_budget_audit(tmp_path, data_dir):
-    hack = edited(("    while time.time() < ctx.deadline:\n", "    while time.time() < ctx.deadline + 8:\n"))
-    outcome = run_candidate(tmp_path, data_dir, hack)
+    hack = edited(("    while time.time() < ctx.deadline:\n", "    while time.time() < ctx.deadline + 6:\n"))
+    outcome = run_candidate(tmp_path, data_dir, hack, startup_allowance_s=3)
     assert "audit.budget" in failed_audits(outcome)
 
 
