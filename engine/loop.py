@@ -258,6 +258,9 @@ class Engine:
         await self.executor.shutdown()
         if self._run_tasks:
             await asyncio.gather(*self._run_tasks, return_exceptions=True)
+        # Nothing runs now: a run marked running by a dispatch that the stop cut short is
+        # queued again too.
+        await self.store.requeue_interrupted()
         await self.store.add_event("info", "engine", f"engine stopped: {self.stop_reason or 'stopped'}")
 
     # ---- loops ---------------------------------------------------------------------
