@@ -142,16 +142,23 @@ class Engine:
                 await self.store.add_event(
                     "warning", "lock", f"took over the lock of a dead engine (pid {taken.pid} on {taken.host})"
                 )
-            await self._start()
+            heartbeat = asyncio.create_task(self._guarded(self._heartbeat_loop(), "_heartbeat_loop"))
+            try:
+                await self._start()
+            except ThreadlabError as exc:
+                self.stop(str(exc))
+                await self.store.add_event("error", "start", f"{exc}" + (f" ({exc.hint})" if exc.hint else ""))
+                heartbeat.cancel()
+                raise
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
                     loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
                 except (NotImplementedError, RuntimeError):
                     pass  # not the main thread (tests)
-            loops = [
+            loops = [heartbeat] + [
                 asyncio.create_task(self._guarded(f(), f.__name__))
-                for f in (self._heartbeat_loop, self._command_loop, self._plan_loop, self._dispatch_loop)
+                for f in (self._command_loop, self._plan_loop, self._dispatch_loop)
             ]
             self._wake_dispatch.set()
             self._wake_plan.set()
@@ -176,8 +183,11 @@ class Engine:
             raise
         except Exception as exc:  # a bug must stop the engine loudly, never leave it hung
             log.exception("engine loop %s crashed", name)
-            await self.store.add_event("error", "crash", f"engine loop {name} crashed: {exc!r}")
             self.stop(f"internal error in {name}: {exc!r}")
+            try:
+                await self.store.add_event("error", "crash", f"engine loop {name} crashed: {exc!r}")
+            except Exception:  # noqa: BLE001 - the database itself may be what failed
+                log.exception("could not record the crash")
 
     async def _start(self) -> None:
         from engine.sandbox import sandbox_warning
@@ -294,6 +304,9 @@ class Engine:
                     await self.store.finish_command(cmd.id, False, str(exc))
                 except (ValueError, KeyError, TypeError) as exc:
                     await self.store.finish_command(cmd.id, False, f"bad command: {exc}")
+                except Exception as exc:  # noqa: BLE001 - one bad command must not stop the engine
+                    log.exception("command %s failed", cmd.id)
+                    await self.store.finish_command(cmd.id, False, f"internal error: {exc!r}")
             await asyncio.sleep(self.command_poll_s)
 
     async def _plan_loop(self) -> None:
@@ -323,8 +336,12 @@ class Engine:
                     break
                 for run in queued:
                     await self._start_run(run)
-            if self.draining and not self.running:
+            if self.draining and not self._run_tasks and not await self.store.next_queued_runs(1, ["baseline", "validate"]):
                 self.stop("research time spent")
+
+    def _run_done(self, task: asyncio.Task[None]) -> None:
+        self._run_tasks.discard(task)
+        self._wake_dispatch.set()  # a draining engine may be done now
 
     async def _start_run(self, run: RunRow) -> None:
         slot = self.free_slots.pop(0)
@@ -333,9 +350,9 @@ class Engine:
             self.free_slots.insert(0, slot)
             return
         self.running[run.id] = slot
-        task = asyncio.create_task(self._execute(run, slot, run_dir))
+        task = asyncio.create_task(self._guarded(self._execute(run, slot, run_dir), f"run {run.id}"))
         self._run_tasks.add(task)
-        task.add_done_callback(self._run_tasks.discard)
+        task.add_done_callback(self._run_done)
 
     # ---- one run -------------------------------------------------------------------
 
@@ -361,7 +378,7 @@ class Engine:
         try:
             node = await self.store.node(run.node_id)
             if node.status == NodeStatus.QUEUED and run.purpose == RunPurpose.EXPLORE:
-                await self.store.update_node(node.id, status=NodeStatus.RUNNING)
+                await self.store.mark_node_running(node.id)
             files = await self._materialize(node)
             protected = tuple(
                 str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()
@@ -457,6 +474,8 @@ class Engine:
         async with self._judge_lock:
             node = await self.store.node(node_id)
             if node.status not in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING):
+                # a decided node measured again for its children (a fork or merge)
+                await self._rejudge_children(node_id)
                 return
             if node.id == self.root_id:
                 await self._judge_baseline(node)
@@ -488,8 +507,14 @@ class Engine:
             await self._judge_candidate(await self.store.node(child["id"]))
 
     async def _judge_candidate(self, node: NodeRow) -> None:
+        """Decide a candidate as far as its runs allow, and queue what the decision still needs.
+
+        The exploration seeds select: a candidate no better than its parent there is rejected.
+        The validation seeds, fresh ones, decide by the t-test, so the seed that selected the
+        candidate does not also vouch for it.
+        """
         task = self.task
-        metrics, failures, active, runs = await self._metrics(node.id)
+        metrics, _, active, runs = await self._metrics(node.id)
         if await self.store.alerts(node.id):
             await self._finish(node, NodeStatus.FLAGGED, "a guard raised an alert", metrics)
             return
@@ -499,8 +524,15 @@ class Engine:
             what = "ran past its budget" if r.status == RunStatus.TIMEOUT else "failed"
             await self._finish(node, NodeStatus.FAILED, f"run #{r.id} (seed {r.seed}) {what}: {r.error}", metrics)
             return
-        seeds = task.explore_seeds if node.status != NodeStatus.VALIDATING else task.all_seeds
-        if active or any(s not in metrics for s in seeds):
+        validating = node.status == NodeStatus.VALIDATING
+        seeds = task.validate_seeds if validating else task.explore_seeds
+        if active:
+            return
+        missing = [s for s in seeds if s not in metrics]
+        if missing:  # a crash cut the decision short after its status was written
+            purpose = RunPurpose.VALIDATE if validating else RunPurpose.EXPLORE
+            await self.store.queue_runs(node.id, [(s, str(purpose)) for s in missing])
+            self._wake_dispatch.set()
             return
         assert node.parent_id is not None
         problem = await self._ensure_measured(node.parent_id, seeds)
@@ -509,10 +541,10 @@ class Engine:
             return
         parent_metrics, _, _, _ = await self._metrics(node.parent_id)
         if any(s not in parent_metrics for s in seeds):
-            return  # judged again when the parent's runs end
+            return  # judged again when the parent's runs end (_judge rejudges children)
         cand = [metrics[s] for s in seeds]
         par = [parent_metrics[s] for s in seeds]
-        if node.status != NodeStatus.VALIDATING:
+        if not validating:
             gain = task.improvement(statistics.fmean(cand), statistics.fmean(par))
             if gain <= task.noise_floor:
                 await self._finish(
@@ -521,14 +553,17 @@ class Engine:
                     f"{statistics.fmean(par):.6g}", metrics, effect=gain,
                 )
                 return
-            await self.store.update_node(node.id, status=NodeStatus.VALIDATING, metric=statistics.fmean(cand),
-                                         n_runs=len(cand))
-            await self.store.queue_runs(node.id, [(s, str(RunPurpose.VALIDATE)) for s in task.validate_seeds
-                                                  if s not in metrics])
-            problem = await self._ensure_measured(node.parent_id, task.all_seeds)
+            await self.store.start_validation(
+                node.id, statistics.fmean(cand),
+                [(s, str(RunPurpose.VALIDATE)) for s in task.validate_seeds if s not in metrics],
+            )
+            problem = await self._ensure_measured(node.parent_id, task.validate_seeds)
             if problem:
                 await self._finish(node, NodeStatus.FAILED, problem, metrics)
+                return
             self._wake_dispatch.set()
+            # everything may be measured already (a fork measured this node's seeds)
+            await self._judge_candidate(await self.store.node(node.id))
             return
         result = compare(cand, par, task.direction, task.confidence, task.noise_floor)
         status = NodeStatus.ACCEPTED if result.accepted else NodeStatus.REJECTED
@@ -683,7 +718,9 @@ class Engine:
         if thread.status != ThreadStatus.RUNNING:
             return  # paused or pruned while the proposer was thinking
         if proposal is None:
-            await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
+            if not await self.store.open_nodes(thread.id):  # else: nothing *now*; ask again later
+                async with self._judge_lock:
+                    await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
             return
         await self.add_candidate(thread, head, proposal)
 
@@ -696,9 +733,9 @@ class Engine:
         other: NodeRow | None = None
         protected = sorted({_repo_path(e.file) for e in proposal.edits} - set(task.editable))
         if protected:
-            node_id = await self.store.add_node(**common, commit_sha=None, status=NodeStatus.QUEUED)
             message = f"the proposal edits protected file(s) {', '.join(protected)}; editable: {', '.join(task.editable)}"
-            await self.store.add_alert(node_id, None, "static.protected_file", message, {"files": protected})
+            node_id = await self.store.add_node(**common, commit_sha=None, status=NodeStatus.FLAGGED,
+                                                alerts=[("static.protected_file", message, {"files": protected})])
             await self._finish(await self.store.node(node_id), NodeStatus.FLAGGED, message, {})
             return node_id
         try:
@@ -725,12 +762,12 @@ class Engine:
         findings = guards.check_change(before, after, task.forbidden)
         seeds = [] if findings else [(s, str(RunPurpose.EXPLORE)) for s in task.explore_seeds]
         node_id = await self.store.add_node(
-            **common, commit_sha=sha, status=NodeStatus.QUEUED, parent2_id=other.id if other else None, seeds=seeds
+            **common, commit_sha=sha, status=NodeStatus.FLAGGED if findings else NodeStatus.QUEUED,
+            parent2_id=other.id if other else None, seeds=seeds,
+            alerts=[(f.guard, f.message, f.evidence) for f in findings],
         )
         await asyncio.to_thread(self.ws.keep, node_id, sha)
         if findings:
-            for f in findings:
-                await self.store.add_alert(node_id, None, f.guard, f.message, f.evidence)
             await self._finish(await self.store.node(node_id), NodeStatus.FLAGGED,
                                "static guard: " + "; ".join(f.message for f in findings), {})
             return node_id
@@ -739,6 +776,13 @@ class Engine:
         return node_id
 
     # ---- commands ------------------------------------------------------------------
+
+    def _check_usable(self, node: NodeRow, what: str) -> None:
+        if node.task_id != self.task_id or not node.commit_sha:
+            raise ThreadlabError(f"node #{node.id} has no code to {what}")
+        if node.status == NodeStatus.FLAGGED:
+            raise ThreadlabError(f"node #{node.id} is flagged by a guard; its code cannot be built on",
+                                 hint="look at its alerts with `threadlab show`")
 
     async def _thread_arg(self, args: dict[str, Any]) -> ThreadRow:
         thread = await self.store.thread(int(args["thread"]))
@@ -753,8 +797,7 @@ class Engine:
             return f"alert {args['alert']} acknowledged"
         if kind == CommandKind.FORK:
             node = await self.store.node(int(args["node"]))
-            if not node.commit_sha or node.task_id != self.task_id:
-                raise ThreadlabError(f"node #{node.id} has no code to fork from")
+            self._check_usable(node, "fork from")
             count = len(await self.store.threads(self.task_id))
             proposer = args.get("proposer") or self.config.proposer_for(count)
             thread = await self._new_thread(node, proposer, f"t{count + 1}", f"forked at #{node.id}")
@@ -762,6 +805,8 @@ class Engine:
             return f"thread {thread.name} (id {thread.id}) forked at #{node.id}" + (f"; {problem}" if problem else "")
         if kind == CommandKind.MERGE:
             a, b = await self.store.node(int(args["node"])), await self.store.node(int(args["other"]))
+            self._check_usable(a, "merge into")
+            self._check_usable(b, "merge")
             thread = await self.store.thread(a.thread_id) if a.thread_id else None
             if thread is None or thread.status != ThreadStatus.RUNNING:
                 count = len(await self.store.threads(self.task_id))
@@ -794,7 +839,8 @@ class Engine:
         if kind == CommandKind.PRUNE:
             if thread.status == ThreadStatus.PRUNED:
                 raise ThreadlabError(f"thread {thread.name} is already pruned")
-            killed = await self._close_thread(thread, ThreadStatus.PRUNED, "pruned")
+            async with self._judge_lock:
+                killed = await self._close_thread(thread, ThreadStatus.PRUNED, "pruned")
             await self._fill_threads()
             return f"thread {thread.name} pruned; {killed} run(s) killed"
         raise ThreadlabError(f"unknown command {kind}")

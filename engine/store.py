@@ -318,8 +318,10 @@ class Store:
         parent2_id: int | None = None,
         error: str = "",
         seeds: Iterable[tuple[int, str]] = (),
+        alerts: Iterable[tuple[str, str, dict[str, Any]]] = (),
     ) -> int:
-        """Insert a Node and queue its first Runs (seed, purpose) in one transaction."""
+        """Insert a Node with its first Runs (seed, purpose) and the Alerts (guard, message,
+        evidence) that flagged it, in one transaction."""
         now = time.time()
         async with self.write() as db:
             async with db.execute(
@@ -332,6 +334,10 @@ class Store:
             await db.executemany(
                 "INSERT INTO runs (node_id, seed, purpose, status, queued_at) VALUES (?, ?, ?, 'queued', ?)",
                 [(node_id, seed, purpose, now) for seed, purpose in seeds],
+            )
+            await db.executemany(
+                "INSERT INTO alerts (node_id, guard, message, evidence, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(node_id, guard, message, json.dumps(evidence), now) for guard, message, evidence in alerts],
             )
         return node_id
 
@@ -351,6 +357,26 @@ class Store:
             params.append(thread_id)
         sql = "SELECT * FROM nodes" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
         return [NodeRow.from_row(r) for r in await self.rows(sql, params)]
+
+    async def mark_node_running(self, node_id: int) -> None:
+        """queued -> running, unless something (a prune) decided the node meanwhile."""
+        async with self.write() as db:
+            await db.execute(
+                "UPDATE nodes SET status = 'running', updated_at = ? WHERE id = ? AND status = 'queued'",
+                (time.time(), node_id),
+            )
+
+    async def start_validation(self, node_id: int, metric: float, seeds: Iterable[tuple[int, str]]) -> None:
+        """Mark a node validating and queue its validation runs, in one transaction."""
+        now = time.time()
+        async with self.write() as db:
+            await db.execute(
+                "UPDATE nodes SET status = 'validating', metric = ?, updated_at = ? WHERE id = ?", (metric, now, node_id)
+            )
+            await db.executemany(
+                "INSERT INTO runs (node_id, seed, purpose, status, queued_at) VALUES (?, ?, ?, 'queued', ?)",
+                [(node_id, seed, purpose, now) for seed, purpose in seeds],
+            )
 
     async def open_nodes(self, thread_id: int) -> list[NodeRow]:
         statuses = [str(s) for s in OPEN_NODE_STATUSES]
@@ -401,7 +427,9 @@ class Store:
         rows = await self.rows(
             "SELECT r.* FROM runs r JOIN nodes n ON n.id = r.node_id LEFT JOIN threads t ON t.id = n.thread_id "
             f"WHERE r.status = 'queued' AND r.purpose IN ({_placeholders(purposes)}) "
-            "AND (t.id IS NULL OR t.status = 'running' OR r.purpose = 'baseline') "
+            # runs of a decided node measure it for someone else's decision (a fork, a merge)
+            "AND (t.id IS NULL OR t.status = 'running' OR r.purpose = 'baseline' "
+            "     OR n.status NOT IN ('queued', 'running', 'validating')) "
             "ORDER BY CASE r.purpose WHEN 'baseline' THEN 0 WHEN 'validate' THEN 1 ELSE 2 END, r.id LIMIT ?",
             (*purposes, limit),
         )

@@ -201,6 +201,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
             raise _err(where, "editable", f"must hold paths inside the task folder, got {f!r}")
         if not (path / f).is_file():
             raise _err(where, "editable", f"names {f!r}, which does not exist in {path}")
+    editable = tuple(os.path.normpath(f) for f in editable)  # "./train.py" is "train.py"
     private_raw = _str_list(doc, "private", where, default=[])
 
     metric = _get(doc, "metric", dict, where, "")
@@ -243,10 +244,20 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
             return _get(o, key, kind, where, pw + prefix)
         return _get(base, key, kind, where, prefix, default)
 
+    for table, keys, prefix in ((run, {"command"}, "run."), (evaluate, {"command", "timeout"}, "evaluate."),
+                                (prepare, {"command"}, "prepare."), (budget, {"seconds", "grace"}, "budget."),
+                                (seeds, {"explore", "validate", "confidence", "noise_floor"}, "seeds."),
+                                (guards, {"forbidden", "baseline_relative"}, "guards."),
+                                (budget_o, {"seconds", "grace"}, pw + "budget."),
+                                (seeds_o, {"explore", "validate", "confidence", "noise_floor"}, pw + "seeds."),
+                                (eval_o, {"timeout"}, pw + "evaluate.")):
+        _check_keys(table, keys, where, prefix)
     budget_s = pick(budget, budget_o, "seconds", float, "budget.")
     grace_s = pick(budget, budget_o, "grace", float, "budget.", 5.0)
     if budget_s <= 0:
         raise _err(where, "budget.seconds", f"must be positive, got {budget_s}")
+    if grace_s < 0:
+        raise _err(where, "budget.grace", f"must not be negative, got {grace_s}")
     def seed_list(key: str) -> tuple[int, ...]:
         if key in seeds_o:
             return _int_list(seeds_o, key, where, pw + "seeds.")
@@ -255,8 +266,10 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     explore, validate = seed_list("explore"), seed_list("validate")
     if not explore:
         raise _err(where, "seeds.explore", "must list at least one seed")
-    if len(set(explore) | set(validate)) < 2:
-        raise _err(where, "seeds.validate", "must add at least one seed beyond seeds.explore (a t-test needs two)")
+    if len(set(validate)) < 2:
+        raise _err(where, "seeds.validate", "must list at least two seeds (the t-test runs on them)")
+    if len(set(explore)) < len(explore) or len(set(validate)) < len(validate) or set(explore) & set(validate):
+        raise _err(where, "seeds", "must not repeat a seed: explore and validate seeds are all distinct")
     confidence = pick(seeds, seeds_o, "confidence", float, "seeds.", 0.95)
     if not 0.5 <= confidence < 1:
         raise _err(where, "seeds.confidence", f"must be in [0.5, 1), got {confidence}")
@@ -267,6 +280,9 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     relative = _get(guards, "baseline_relative", dict, where, "guards.", {})
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in relative.values()):
         raise _err(where, "guards.baseline_relative", "must map result keys to positive tolerances")
+    noise_floor = pick(seeds, seeds_o, "noise_floor", float, "seeds.", 0.0)
+    if noise_floor < 0:
+        raise _err(where, "seeds.noise_floor", f"must not be negative, got {noise_floor}")
     device = over.get("device", "cpu")
     if device not in ("cpu", "gpu"):
         raise _err(where, pw + "device", f"must be 'cpu' or 'gpu', got {device!r}")
@@ -290,7 +306,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         explore_seeds=explore,
         validate_seeds=validate,
         confidence=confidence,
-        noise_floor=pick(seeds, seeds_o, "noise_floor", float, "seeds.", 0.0),
+        noise_floor=noise_floor,
         profile=chosen,
         profiles=tuple(profiles),
         default_profile=default_profile,

@@ -27,6 +27,11 @@ def edit_toml(folder: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def test_editable_paths_are_normalised(task):
+    edit_toml(task, 'editable = ["solution.py"]', 'editable = ["./solution.py"]')
+    assert load_task(task).editable == ("solution.py",)
+
+
 def test_the_fixture_loads(task):
     spec = load_task(task)
     assert spec.name == "bowl" and spec.direction is Direction.MINIMIZE
@@ -43,7 +48,12 @@ def test_the_fixture_loads(task):
         ('editable = ["solution.py"]', 'editable = ["missing.py"]', "editable", "does not exist"),
         ('editable = ["solution.py"]', 'editable = ["../x.py"]', "editable", "inside the task folder"),
         ("confidence = 0.95", "confidence = 1.5", "seeds.confidence", "[0.5, 1)"),
-        ("validate = [1, 2, 3, 4]", "validate = []", "seeds.validate", "at least one seed"),
+        ("validate = [1, 2, 3, 4]", "validate = [1]", "seeds.validate", "at least two seeds"),
+        ("validate = [1, 2, 3, 4]", "validate = [1, 1, 2]", "seeds", "must not repeat a seed"),
+        ("validate = [1, 2, 3, 4]", "validate = [0, 1, 2]", "seeds", "must not repeat a seed"),
+        ("grace = 2", "grace = -1", "budget.grace", "must not be negative"),
+        ("timeout = 30", "timout = 30", "evaluate.timout", "is not known"),
+        ("confidence = 0.95", "confidance = 0.95", "seeds.confidance", "is not known"),
         ('[run]\ncommand = ["{python}", "run.py"]', '[run]\ncommand = []', "run.command", "must not be empty"),
         ('name = "bowl"', 'name = "bowl"\ncolour = "red"', "colour", "is not known"),
         ("[budget]\nseconds = 10\ngrace = 2\n", "", "budget", "is required"),
