@@ -57,6 +57,17 @@ FORBIDDEN_ATTRS = {
     "sys.settrace": "harness_introspection",
     "sys.setprofile": "harness_introspection",
     "os.environ": "environment",
+    "os.getenv": "environment",
+    "os.putenv": "environment",
+    # raw file descriptors: the evaluator's result channel is one
+    "os.write": "result_tampering",
+    "os.read": "result_tampering",
+    "os.open": "result_tampering",
+    "os.fdopen": "result_tampering",
+    "os.dup": "result_tampering",
+    "os.dup2": "result_tampering",
+    "os.close": "result_tampering",
+    "os._exit": "result_tampering",
 }
 
 FORBIDDEN_NAMES = {
@@ -100,11 +111,17 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, path: str, source: str, extra_forbidden: Sequence[str]):
+    def __init__(self, path: str, source: str, extra_forbidden: Sequence[str], aliases: dict[str, str]):
         self.path = path
         self.lines = source.splitlines()
         self.extra = tuple(extra_forbidden)
+        self.aliases = aliases  # local name -> what it was imported as (`import os as o`: o -> os)
         self.findings: list[Finding] = []
+
+    def _resolve(self, dotted: str) -> str:
+        head, _, rest = dotted.partition(".")
+        real = self.aliases.get(head, head)
+        return f"{real}.{rest}" if rest else real
 
     def _add(self, guard: str, node: ast.AST, message: str) -> None:
         line = getattr(node, "lineno", 0)
@@ -134,6 +151,7 @@ class _Scanner(ast.NodeVisitor):
     def visit_Attribute(self, node: ast.Attribute) -> None:
         dotted = _dotted(node)
         if dotted:
+            dotted = self._resolve(dotted)
             for attr, guard in FORBIDDEN_ATTRS.items():
                 if dotted == attr or dotted.startswith(attr + "."):
                     self._add(guard, node, f"uses {dotted}")
@@ -143,6 +161,11 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
+        real = self.aliases.get(node.id)
+        if real and real != node.id:  # `from os import write` makes `write` os.write
+            for attr, guard in FORBIDDEN_ATTRS.items():
+                if real == attr or real.startswith(attr + "."):
+                    self._add(guard, node, f"uses {real} (as {node.id})")
         if node.id in FORBIDDEN_NAMES:
             self._add(FORBIDDEN_NAMES[node.id], node, f"uses {node.id}")
         if node.id in self.extra:
@@ -151,6 +174,7 @@ class _Scanner(ast.NodeVisitor):
     def _targets(self, targets: Iterable[ast.AST], node: ast.AST) -> None:
         for target in targets:
             dotted = _dotted(target) if isinstance(target, ast.Attribute) else None
+            dotted = self._resolve(dotted) if dotted else None
             owner = dotted.rsplit(".", 1)[0] if dotted else None
             if owner in TIMER_MODULES:
                 self._add("timer_patch", node, f"assigns {dotted}")
@@ -168,6 +192,7 @@ class _Scanner(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
             dotted = _dotted(node.args[0])
+            dotted = self._resolve(dotted) if dotted else None
             if dotted in TIMER_MODULES:
                 self._add("timer_patch", node, f"setattr on {dotted}")
             elif dotted in LIBRARY_MODULES:
@@ -179,6 +204,20 @@ class _Scanner(ast.NodeVisitor):
             self._add("private_data", node, f"names private data {node.value[:60]!r}")
 
 
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Names bound by imports anywhere in the file: `import os as o`, `from os import write`."""
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    found[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                found[a.asname or a.name] = f"{node.module}.{a.name}"
+    return found
+
+
 def scan(path: str, source: str, extra_forbidden: Sequence[str] = ()) -> list[Finding]:
     """Every forbidden construct in one Python file (none if it does not parse)."""
     if not path.endswith(".py"):
@@ -187,7 +226,7 @@ def scan(path: str, source: str, extra_forbidden: Sequence[str] = ()) -> list[Fi
         tree = ast.parse(source)
     except SyntaxError:
         return []  # the run will fail with the real error; that is not a hack
-    scanner = _Scanner(path, source, extra_forbidden)
+    scanner = _Scanner(path, source, extra_forbidden, _aliases(tree))
     scanner.visit(tree)
     return scanner.findings
 

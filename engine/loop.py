@@ -415,7 +415,7 @@ class Engine:
             alerts.append((run.node_id, "runtime.budget", f"run #{run.id} overran its budget of {task.budget_s:.0f}s "
                            f"(+{task.grace_s:.0f}s grace) and was killed", {"run_s": outcome.extra.get("run_s"),
                                                                             "budget_s": task.budget_s}))
-        alerts += await self._baseline_relative_alerts(run, outcome)
+        alerts += await self._result_alerts(run, outcome)
         await self.store.finish_run(
             run.id, status=outcome.status, metric=outcome.metric, exit_code=outcome.exit_code, error=outcome.error,
             extra=dict(outcome.extra, audits=[a.guard for a in outcome.audits]), started_at=None,
@@ -424,16 +424,27 @@ class Engine:
         await self._judge(run.node_id)
         self._wake_plan.set()
 
-    async def _baseline_relative_alerts(self, run: RunRow, outcome: RunOutcome) -> list[tuple]:
-        """Statistical guard: a result key far from the baseline's (e.g. a val/audit gap)."""
+    async def _result_alerts(self, run: RunRow, outcome: RunOutcome) -> list[tuple]:
+        """Guards on the evaluator's result: the audits it must report, and result keys far
+        from the baseline's (a statistical guard, e.g. a training task's val/audit gap)."""
         alerts: list[tuple] = []
-        if run.node_id == self.root_id or outcome.status != RunStatus.DONE:
+        if outcome.status != RunStatus.DONE:
+            return alerts
+        missing = sorted(set(self.task.required_audits) - {a.guard for a in outcome.audits})
+        if missing:
+            alerts.append((run.node_id, "audit.missing", f"the result lacks the audits {', '.join(missing)}: it did "
+                           "not come from the task's evaluator as written", {"missing": missing}))
+        if run.node_id == self.root_id:
             return alerts
         base_runs = [r for r in await self.store.runs_of(self.root_id) if r.status == RunStatus.DONE]
         for key, tolerance in self.task.baseline_relative.items():
             value = outcome.extra.get(key)
             base = [r.extra[key] for r in base_runs if isinstance(r.extra.get(key), (int, float))]
-            if not isinstance(value, (int, float)) or not base:
+            if not base:
+                continue
+            if not isinstance(value, (int, float)):
+                alerts.append((run.node_id, f"audit.{key}", f"the result lacks {key}, which the baseline reports",
+                               {"value": value}))
                 continue
             mean = statistics.fmean(base)
             if abs(value - mean) > tolerance:

@@ -86,6 +86,9 @@ class TaskSpec:
     # extra key -> tolerance: a run whose evaluator extra[key] is further than this from the
     # baseline's mean raises an Alert (e.g. the val/audit gap of a training task)
     baseline_relative: dict[str, float] = field(default_factory=dict)
+    # audits every evaluator result must report, passed or not: a result without them did not
+    # come from the evaluator as written
+    required_audits: tuple[str, ...] = ()
     prepare_command: tuple[str, ...] = ()  # run once before the session, outside the sandbox
     notes: str = ""
 
@@ -247,7 +250,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     for table, keys, prefix in ((run, {"command"}, "run."), (evaluate, {"command", "timeout"}, "evaluate."),
                                 (prepare, {"command"}, "prepare."), (budget, {"seconds", "grace"}, "budget."),
                                 (seeds, {"explore", "validate", "confidence", "noise_floor"}, "seeds."),
-                                (guards, {"forbidden", "baseline_relative"}, "guards."),
+                                (guards, {"forbidden", "baseline_relative", "required_audits"}, "guards."),
                                 (budget_o, {"seconds", "grace"}, pw + "budget."),
                                 (seeds_o, {"explore", "validate", "confidence", "noise_floor"}, pw + "seeds."),
                                 (eval_o, {"timeout"}, pw + "evaluate.")):
@@ -314,6 +317,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         device=device,
         params=params,
         forbidden=_str_list(guards, "forbidden", where, "guards.", []),
+        required_audits=_str_list(guards, "required_audits", where, "guards.", []),
         notes=_read_notes(path, _get(doc, "notes", str, where, "", "")),
     )
 

@@ -47,3 +47,16 @@ def test_task_specific_forbidden_names():
 def test_unparseable_and_non_python_files_are_left_to_the_run():
     assert scan("s.py", "def (:\n") == []
     assert scan("notes.md", "import subprocess") == []
+
+
+def test_import_aliases_do_not_hide_a_construct():
+    """The result-channel exploit a review found: an aliased os writing a raw fd."""
+    hack = (BASE + "import os as _o\n"
+            "_fd = _o.getenv('THREADLAB_' + 'RESULT' + '_FD')\n"
+            "if _fd:\n    _o.write(int(_fd), b'{\"metric\": 0.5}')\n    _o._exit(0)\n")
+    guards = {f.guard for f in check_change({"solution.py": BASE}, {"solution.py": hack})}
+    assert {"static.environment", "static.result_tampering"} <= guards
+    from_import = BASE + "from os import write as w\nw(3, b'x')\n"
+    assert "static.result_tampering" in {f.guard for f in check_change({"s.py": BASE}, {"s.py": from_import})}
+    patched = BASE + "import torch as T\nT.logsumexp = None\n"
+    assert "static.library_patch" in {f.guard for f in check_change({"s.py": BASE}, {"s.py": patched})}
