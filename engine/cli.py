@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,6 +91,9 @@ async def run(task: str, threads: int, proposer: str, budget: str | None, profil
         spec = load_task(folder)
         profile = spec.gpu_profile if spec.gpu_profile and _cuda_available() else spec.default_profile
     spec = load_task(folder, profile)
+    from engine.playbook import load_playbook
+
+    load_playbook(spec)  # a broken playbook is said here, not in the engine's log
     config = SessionConfig(
         task=str(spec.path), profile=spec.profile, threads=threads, proposers=parse_proposers(proposer, threads),
         budget_s=parse_duration(budget) if budget else None, cpu_slots=cpu_slots, patience=patience, seed=seed,
@@ -463,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"error: {exc}", markup=False)
         if exc.hint:
             err_console.print(f"hint: {exc.hint}", markup=False)
+        sys.exit(1)
+    except (OSError, sqlite3.Error) as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        err_console.print("hint: check the paths and the free disk space", markup=False)
         sys.exit(1)
     except click.exceptions.Abort:
         err_console.print("aborted")

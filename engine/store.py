@@ -77,28 +77,37 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
         try:
-            db.row_factory = sqlite3.Row
-            version = await cls._scalar(db, "PRAGMA user_version")
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"{path} has schema version {version}, newer than this threadlab's {SCHEMA_VERSION}; "
-                    "it was left untouched",
-                    hint="upgrade threadlab (pip install -U threadlab) to open it",
-                )
-            await db.execute("PRAGMA busy_timeout = 30000")
-            await db.execute("PRAGMA foreign_keys = ON")
-            if writer:
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")
-                await cls._migrate(db, version)
-            elif version < SCHEMA_VERSION:
-                raise StoreError(
-                    f"{path} has schema version {version}; this threadlab reads version {SCHEMA_VERSION}",
-                    hint="start the engine once (`threadlab engine`) to upgrade it",
-                )
+            return await cls._prepare(db, path, writer)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot use {path} as a threadlab database: {exc}",
+                             hint="check the --db path; a database that is not threadlab's is never changed") from exc
         except BaseException:
             await db.close()
             raise
+
+    @classmethod
+    async def _prepare(cls, db: aiosqlite.Connection, path: Path, writer: bool) -> Store:
+        """Check the schema version (before writing anything), then set up and migrate."""
+        db.row_factory = sqlite3.Row
+        version = await cls._scalar(db, "PRAGMA user_version")
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {version}, newer than this threadlab's {SCHEMA_VERSION}; "
+                "it was left untouched",
+                hint="upgrade threadlab (pip install -U threadlab) to open it",
+            )
+        await db.execute("PRAGMA busy_timeout = 30000")
+        await db.execute("PRAGMA foreign_keys = ON")
+        if writer:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await cls._migrate(db, version)
+        elif version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}; this threadlab reads version {SCHEMA_VERSION}",
+                hint="start the engine once (`threadlab engine`) to upgrade it",
+            )
         return cls(db, path, writer)
 
     @staticmethod
