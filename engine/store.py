@@ -9,6 +9,7 @@ pins an old snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -42,13 +43,18 @@ LOCK_STALE_S = 15.0
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs; a zombie (killed, never reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill() said it exists
 
 
 def _placeholders(values: Sequence[Any]) -> str:
@@ -144,17 +150,33 @@ class Store:
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One short write transaction, taken with BEGIN IMMEDIATE."""
         async with self._write_lock:
-            if self._db.in_transaction:  # a write cancelled mid-way left its transaction open
-                await self._db.execute("ROLLBACK")
+            await self._settle("BEGIN IMMEDIATE", undo_on_cancel=True)
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
             except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
+                await self._settle("ROLLBACK")
                 raise
             else:
-                await self._db.execute("COMMIT")
+                await self._settle("COMMIT")
+
+    async def _settle(self, sql: str, undo_on_cancel: bool = False) -> None:
+        """Run a transaction statement to its end even when the caller is cancelled.
+
+        aiosqlite runs statements in order on its own thread: a statement whose awaiting task
+        is cancelled still runs later. So a cancelled BEGIN is waited for and rolled back, and
+        a cancelled COMMIT or ROLLBACK is waited for, before the cancellation goes on."""
+        step = asyncio.ensure_future(self._db.execute(sql))
+        try:
+            await asyncio.shield(step)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await step
+                if undo_on_cancel:
+                    await self._db.execute("ROLLBACK")
+            raise
+        except sqlite3.OperationalError:
+            if sql != "ROLLBACK":  # SQLite may have rolled back already (after some errors)
+                raise
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._db.execute(sql, params) as cur:
