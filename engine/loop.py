@@ -197,6 +197,12 @@ class Engine:
             await self._prepare()
         repo = self.run_root / "repos" / f"{task.name}-{task.profile}"
         self.ws = await asyncio.to_thread(Workspace.open_or_create, repo, task.path, task.private)
+        changed = await asyncio.to_thread(self.ws.changed_since_root, task.path, task.private)
+        if changed:  # its nodes were built on the old harness: never mix the two silently
+            raise ThreadlabError(
+                f"task {task.name} has changed since this database's sessions began: {', '.join(changed[:5])}",
+                hint="start a new session with another --db, or put those files back as they were",
+            )
         row = await self.store.upsert_task(
             task.name, str(task.path), task.profile, task.metric_name, str(task.direction), task.unit, str(repo)
         )

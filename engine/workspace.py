@@ -93,11 +93,7 @@ class Workspace:
                         f"task folder {task_dir} does not exist",
                         hint="pass the folder that holds the task's task.toml",
                     )
-                skip = {repo_dir}
-                for p in exclude:  # relative paths are taken relative to the task folder
-                    path = task_dir / p
-                    skip |= {Path(os.path.abspath(path)), path.resolve()}
-                root = ws._import_tree(task_dir, skip)
+                root = ws._import_tree(task_dir, _skipped(repo_dir, task_dir, exclude))
                 ws._git("update-ref", ROOT_REF, root)
             ws._root_sha = root
             return ws
@@ -106,7 +102,22 @@ class Workspace:
     def root_sha(self) -> str:
         return self._root_sha
 
+    def changed_since_root(self, task_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
+        """The files of task_dir that differ from the root commit's (the task's seed code and
+        harness as this repository first took them)."""
+        task_dir = Path(task_dir).resolve()
+        tree = self._tree_of(task_dir, _skipped(self.repo_dir, task_dir, exclude))
+        root_tree = self._git("rev-parse", f"{self.root_sha}^{{tree}}").decode().strip()
+        if tree == root_tree:
+            return []
+        return self._git("diff", "--name-only", "--no-renames", root_tree, tree).decode().split()
+
     def _import_tree(self, task_dir: Path, skip: set[Path]) -> str:
+        tree = self._tree_of(task_dir, skip)
+        message = f"baseline: {task_dir.name}"
+        return self._git("commit-tree", tree, "-F", "-", input=message.encode()).decode().strip()
+
+    def _tree_of(self, task_dir: Path, skip: set[Path]) -> str:
         entries: list[tuple[str, str, str]] = []  # (mode, blob, path)
         regular: list[tuple[str, Path]] = []
         for path in _walk(task_dir, skip):
@@ -123,9 +134,7 @@ class Workspace:
             blobs = out.decode().split()
             for (mode, path), blob in zip(regular, blobs, strict=True):
                 entries.append((mode, blob, path.relative_to(task_dir).as_posix()))
-        tree = self._write_tree(None, entries)
-        message = f"baseline: {task_dir.name}"
-        return self._git("commit-tree", tree, "-F", "-", input=message.encode()).decode().strip()
+        return self._write_tree(None, entries)
 
     # ----- reading -----------------------------------------------------------------
 
@@ -346,6 +355,14 @@ class Workspace:
                 raise WorkspaceError(f"file '{path}' in commit {commit[:10]} is not UTF-8 text",
                                      hint="only text files can be read or edited") from exc
         return found
+
+
+def _skipped(repo_dir: Path, task_dir: Path, exclude: Sequence[str]) -> set[Path]:
+    skip = {Path(repo_dir).resolve()}
+    for p in exclude:  # relative paths are taken relative to the task folder
+        path = task_dir / p
+        skip |= {Path(os.path.abspath(path)), path.resolve()}
+    return skip
 
 
 def _walk(root: Path, skip: set[Path]) -> Iterable[Path]:

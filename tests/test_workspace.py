@@ -125,3 +125,18 @@ def test_concurrent_commits_from_threads_all_succeed(ws: Workspace) -> None:
     for i, sha in enumerate(shas):
         assert ws.branch_sha(f"thread-{i}") == sha
         assert f"LR = 0.{i + 2}\n" in ws.read_file(sha, "solution.py")
+
+
+def test_changes_to_the_task_folder_since_the_root_are_named(tmp_path):
+    task = tmp_path / "task"
+    (task / "data").mkdir(parents=True)
+    (task / "run.py").write_text("print('harness')\n")
+    (task / "solution.py").write_text("X = 1\n")
+    (task / "data" / "val.bin").write_text("private")
+    ws = Workspace.open_or_create(tmp_path / "repo", task, exclude=["data"])
+    assert ws.changed_since_root(task, ["data"]) == []
+    (task / "data" / "val.bin").write_text("private, changed")  # excluded: not the repository's
+    assert ws.changed_since_root(task, ["data"]) == []
+    (task / "run.py").write_text("print('a fixed harness')\n")
+    (task / "extra.py").write_text("")
+    assert ws.changed_since_root(task, ["data"]) == ["extra.py", "run.py"]
