@@ -178,16 +178,28 @@ class Store:
             if sql != "ROLLBACK":  # SQLite may have rolled back already (after some errors)
                 raise
 
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        # On the writer's connection a read and a write must not interleave: a BEGIN run
+        # between a SELECT's execute and its fetch would upgrade a stale snapshot, which
+        # SQLite refuses at once ("database is locked") once a viewer has committed.
+        if self.writer:
+            async with self._write_lock:
+                yield
+        else:
+            yield
+
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
+        async with self._reading(), self._db.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._db.execute(sql, params) as cur:
+        async with self._reading(), self._db.execute(sql, params) as cur:
             return await cur.fetchone()
 
     async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return await self._scalar(self._db, sql, params)
+        async with self._reading():
+            return await self._scalar(self._db, sql, params)
 
     async def data_version(self) -> int:
         """Changes whenever another connection commits (cheap; for viewers' polling)."""

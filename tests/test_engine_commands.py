@@ -302,6 +302,31 @@ async def test_engine_stop_returns_and_releases_the_lock(bowl, start_engine):
     assert await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'running'") == 0
     assert await s.scalar(
         "SELECT COUNT(*) FROM events WHERE kind = 'engine' AND message = 'engine stopped: test over'") == 1
+    # Runs that were going on are interrupted and queued again for the next engine.
+    interrupted = await s.rows("SELECT * FROM runs WHERE status = 'interrupted'")
+    for r in interrupted:
+        assert await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = ? AND seed = ? AND attempt = ? "
+                              "AND status = 'queued'", (r["node_id"], r["seed"], r["attempt"] + 1)) == 1
+
+
+async def test_a_stop_while_a_run_is_being_started_leaves_no_run_running(bowl, start_engine, monkeypatch):
+    s = await start_engine(bowl, threads=2)
+    real = s.store.start_run
+    stopped: list[int] = []
+
+    async def start_run_then_stop(run_id, slot, run_dir):
+        ok = await real(run_id, slot, run_dir)  # committed
+        if ok and not stopped and run_id > 5:  # past the baseline's runs
+            stopped.append(run_id)
+            s.engine.stop("stopped while starting a run")
+            await asyncio.Event().wait()  # the stop's cancellation lands here, as on the COMMIT's await
+        return ok
+
+    monkeypatch.setattr(s.store, "start_run", start_run_then_stop)
+    assert await asyncio.wait_for(asyncio.shield(s.task), 30) == "stopped while starting a run"
+    assert stopped
+    running = await s.rows("SELECT id, status FROM runs WHERE status = 'running'")
+    assert [dict(r) for r in running] == [], "runs left marked running after the engine stopped"
 
 
 async def test_an_engine_started_after_a_stop_command_keeps_running(bowl, start_engine):

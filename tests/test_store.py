@@ -302,6 +302,30 @@ async def test_a_write_cancelled_at_begin_with_an_idle_connection_leaves_no_tran
         await store.close()
 
 
+async def test_an_engine_write_during_its_own_read_survives_a_viewers_command(tmp_path):
+    db = tmp_path / "state.db"
+    engine = await Store.open(db, writer=True, create=True)
+    viewer = await Store.open(db)
+    try:
+        for i in range(5):
+            await engine.add_event("info", "test", f"e{i}")
+        # On the engine's connection: a read is under way (its rows not fetched yet), a slow
+        # read keeps the connection busy, and a write waits behind them...
+        reading = asyncio.create_task(engine.rows("SELECT * FROM events"))
+        slow = asyncio.create_task(engine.scalar(SLOW_READ))
+        writing = asyncio.create_task(engine.add_event("info", "test", "engine write"))
+        await asyncio.sleep(0)
+        # ...when a viewer's Command commits, as the TUI and CLI do at any time.
+        await viewer.add_command("pin", {"thread": 1})
+        rows, _, wrote = await asyncio.gather(reading, slow, writing, return_exceptions=True)
+        assert not isinstance(wrote, Exception), f"the engine's write failed: {wrote!r}"
+        assert not isinstance(rows, Exception) and len(rows) == 5
+        assert [e.message for e in await viewer.events()][-1] == "engine write"
+    finally:
+        await viewer.close()
+        await engine.close()
+
+
 async def test_a_failing_write_rolls_back_everything_it_did(tmp_path):
     store = await Store.open(tmp_path / "state.db", writer=True, create=True)
     try:
