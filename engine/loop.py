@@ -17,6 +17,7 @@ engine restarts where it stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -167,6 +168,9 @@ class Engine:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    asyncio.get_running_loop().remove_signal_handler(sig)
             await self._shutdown()
             await self.store.release_lock()
         return self.stop_reason
