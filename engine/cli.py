@@ -82,10 +82,23 @@ def cli() -> None:
 @click.option("--no-tui", is_flag=True, help="print progress lines instead of opening the TUI")
 @click.option("--detach", is_flag=True, help="start the engine and return at once")
 @_db_option
-@_async
-async def run(task: str, threads: int, proposer: str, budget: str | None, profile: str | None, cpu_slots: int,
-              patience: int, seed: int, no_tui: bool, detach: bool, db: Path) -> None:
+def run(task: str, threads: int, proposer: str, budget: str | None, profile: str | None, cpu_slots: int,
+        patience: int, seed: int, no_tui: bool, detach: bool, db: Path) -> None:
     """Start a research session on TASK in the background and follow it."""
+    db = db.resolve()
+    asyncio.run(_start_session(task, threads, proposer, budget, profile, cpu_slots, patience, seed, db))
+    if detach:
+        _print_follow_hint(db)
+    elif not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
+        _attach_tui(db, read_only=False)
+    else:
+        _print_follow_hint(db)
+        asyncio.run(_follow(db))
+
+
+async def _start_session(task: str, threads: int, proposer: str, budget: str | None, profile: str | None,
+                         cpu_slots: int, patience: int, seed: int, db: Path) -> None:
+    """Store the session in the database and start its engine detached."""
     folder = find_task(task)
     if profile is None:
         spec = load_task(folder)
@@ -98,7 +111,6 @@ async def run(task: str, threads: int, proposer: str, budget: str | None, profil
         task=str(spec.path), profile=spec.profile, threads=threads, proposers=parse_proposers(proposer, threads),
         budget_s=parse_duration(budget) if budget else None, cpu_slots=cpu_slots, patience=patience, seed=seed,
     )
-    db = db.resolve()
     async with await Store.open(db, writer=True, create=True) as store:
         alive = await store.engine_alive()
         if alive:
@@ -109,13 +121,14 @@ async def run(task: str, threads: int, proposer: str, budget: str | None, profil
         await store.save_session(config.to_dict(), None, reset_elapsed=True)
     pid = _spawn_engine(db)
     console.print(f"engine started (pid {pid}) on {spec.name} [{spec.profile}], database {db}")
-    if detach:
-        _print_follow_hint(db)
-        return
-    if not no_tui:
-        console.print("the TUI is not built yet; following progress here instead")
-    _print_follow_hint(db)
-    await _follow(db)
+
+
+def _attach_tui(db: Path, read_only: bool, keymap: Path | None = None) -> None:
+    # The one place engine/ reaches tui/: the command line starts the viewer. Nothing of
+    # the engine proper depends on it (tests/test_layout.py allows this module alone).
+    from tui import run_tui
+
+    run_tui(db, read_only=read_only, keymap_path=keymap)
 
 
 def _print_follow_hint(db: Path) -> None:
@@ -234,6 +247,16 @@ async def _serve(db: Path, cpu_slots: int | None) -> str:
         spec = load_task(config.task, config.profile)
         executor = LocalExecutor(detect_slots(config.cpu_slots, spec.device))
         return await Engine(store, config, run_root(db), executor).run()
+
+
+@cli.command()
+@click.option("--read-only", is_flag=True, help="hide every action that changes anything")
+@click.option("--keymap", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="a TOML file with a [keys] table: binding id = \"key,key\"")
+@_db_option
+def tui(read_only: bool, keymap: Path | None, db: Path) -> None:
+    """Open the supervision screen on a session (any number may attach; quitting never stops the engine)."""
+    _attach_tui(db.resolve(), read_only, keymap)
 
 
 @cli.command()

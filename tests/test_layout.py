@@ -23,9 +23,20 @@ def python_files(*folders: str) -> list[Path]:
     return [p for f in folders for p in (ROOT / f).rglob("*.py")]
 
 
-@pytest.mark.parametrize("path", python_files("engine"), ids=str)
+# The command line starts the viewer (`threadlab tui`, `threadlab run`): the one exception.
+CLI = ROOT / "engine" / "cli.py"
+
+
+@pytest.mark.parametrize("path", [p for p in python_files("engine") if p != CLI], ids=str)
 def test_engine_never_imports_the_tui(path):
     assert "tui" not in imported_roots(path)
+
+
+def test_the_cli_imports_the_tui_only_inside_the_function_that_starts_it():
+    tree = ast.parse(CLI.read_text())
+    top_level = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.split(".")[0] == "tui" for m in top_level)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,63 @@
+"""Fixtures of the TUI tests: a deterministic static database, and helpers to wait on the
+app's Snapshots and read its screen as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.tui.static_db import build_static_db, clock
+from tui.app import ThreadlabApp
+
+
+@pytest.fixture
+async def static_db(tmp_path: Path) -> Path:
+    return await build_static_db(tmp_path / "session")
+
+
+def make_app(db: Path, **kwargs) -> ThreadlabApp:
+    """An app on db with the frozen clock, Unicode glyphs, and no file watcher by default."""
+    kwargs.setdefault("clock", clock)
+    kwargs.setdefault("ascii", False)
+    kwargs.setdefault("watch", False)
+    app = ThreadlabApp(db, **kwargs)
+    app.animation_level = "none"  # no tab underline or scroll animations to wait for
+    return app
+
+
+async def loaded(app: ThreadlabApp, predicate=None, timeout: float = 10.0, what: str = "a snapshot"):
+    """Wait until the app applied a ready Snapshot (showing the selected node's detail) that
+    satisfies predicate(snapshot)."""
+
+    def ok():
+        snap = app.snapshot
+        if snap is None or not snap.ready:
+            return None
+        if app.selection.node_id is not None and (snap.detail is None or
+                                                   snap.detail.node.id != app.selection.node_id):
+            return None
+        return snap if predicate is None or predicate(snap) else None
+
+    return await wait_for(ok, timeout, what, interval=0.01)
+
+
+async def fresh(app: ThreadlabApp, pilot, predicate=None, timeout: float = 10.0, what: str = "a fresh snapshot"):
+    """Ask for a reload and wait until one newer than now was applied (and predicate holds)."""
+    before = app.loads
+    app.refresh_now()
+    await wait_for(lambda: app.loads > before, timeout, what, interval=0.01)
+    snap = await loaded(app, predicate, timeout, what)
+    await pilot.pause()
+    return snap
+
+
+def screen_text(app: ThreadlabApp) -> str:
+    """The main screen as plain text, one line per row."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def cursor_entry(app: ThreadlabApp):
+    entry = app.thread_tree.entry
+    return None if entry is None else (entry.kind, entry.id)
