@@ -194,7 +194,9 @@ class Confined:
         """SIGKILL what is left and wait until none of it runs any more."""
         self.kill(signal.SIGKILL)
         if self._info is not None:
-            await self._info  # quick: bwrap closes the info pipe once it wrote it, or dies
+            # quick: bwrap closes the info pipe once it wrote it, or dies; bounded all the same
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._info), timeout)
             fds = [self._ns_pidfd] if self._ns_pidfd is not None else []
             self._ns_pidfd = None
         else:
