@@ -277,9 +277,9 @@ class Engine:
     async def _shutdown(self) -> None:
         await self.executor.shutdown()
         if self._run_tasks:
-            _, stuck = await asyncio.wait(self._run_tasks, timeout=20)
+            _, stuck = await asyncio.wait(self._run_tasks, timeout=10)
             for task in stuck:  # a run whose processes would not die: requeued below
-                log.error("a run did not end within 20 s of the stop; abandoning it")
+                log.error("a run did not end within 10 s of the stop; abandoning it")
                 task.cancel()
             await asyncio.gather(*self._run_tasks, return_exceptions=True)
         # Nothing runs now: a run marked running by a dispatch that the stop cut short is
