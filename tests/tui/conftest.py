@@ -61,3 +61,23 @@ def screen_text(app: ThreadlabApp) -> str:
 def cursor_entry(app: ThreadlabApp):
     entry = app.thread_tree.entry
     return None if entry is None else (entry.kind, entry.id)
+
+
+def _sqlite_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_connections():
+    """Every aiosqlite connection a test opens is closed by its end: a leaked one keeps a
+    thread that stops the interpreter from exiting."""
+    import time
+
+    before = _sqlite_threads()
+    yield
+    deadline = time.monotonic() + 5
+    while (leaked := _sqlite_threads() - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not leaked, f"{len(leaked)} aiosqlite connection(s) left open"
