@@ -118,9 +118,8 @@ class Store:
 
     @staticmethod
     async def _scalar(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with db.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return None if row is None else row[0]
+        rows = await db.execute_fetchall(sql, params)
+        return rows[0][0] if rows else None
 
     @staticmethod
     async def _migrate(db: aiosqlite.Connection, version: int) -> None:
@@ -190,12 +189,13 @@ class Store:
             yield
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._reading(), self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        async with self._reading():  # fetched in one worker call: a cancel leaves no cursor open
+            return list(await self._db.execute_fetchall(sql, params))
 
     async def row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._reading(), self._db.execute(sql, params) as cur:
-            return await cur.fetchone()
+        async with self._reading():
+            rows = await self._db.execute_fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         async with self._reading():

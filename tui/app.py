@@ -163,6 +163,11 @@ class ThreadlabApp(App[None]):
         finally:
             await source.close()
 
+    async def on_unmount(self) -> None:
+        # Textual cancels workers at exit without waiting for them; the app's Unmount is
+        # awaited, so the connection is closed here for sure (its thread would block exit).
+        await self.source.close()
+
     def refresh_now(self) -> None:
         """Reload at once (the selection changed, or a test wants a fresh Snapshot)."""
         self.source.poke()

@@ -262,10 +262,6 @@ def tail_text(path: Path, max_bytes: int = LOG_TAIL_BYTES, max_lines: int = LOG_
     return "\n".join(lines[-max_lines:])
 
 
-def _better(direction: str) -> Callable[[float, float], bool]:
-    return (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
-
-
 def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
@@ -302,6 +298,8 @@ class StateSource:
         self._stop: asyncio.Event | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._diffs: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._slots_cache: tuple[float | None, int | None] | None = None
         self._spend_cache: tuple[float, float] = (-1e18, 0.0)
@@ -327,6 +325,15 @@ class StateSource:
             self._watch_task = asyncio.create_task(self._watch(), name="threadlab-tui-watch")
 
     async def close(self) -> None:
+        """Close the watcher and the connection; safe to call twice, and it finishes even
+        when the caller is cancelled (a connection left open keeps a thread that stops the
+        interpreter from exiting)."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._stop is not None:
             self._stop.set()
         if self._inflight:
@@ -369,6 +376,9 @@ class StateSource:
 
     async def ensure_open(self) -> bool:
         """Open (or reopen after the file was replaced) the reader; False while there is none."""
+        if self._closed:
+            self.problem = "the viewer is closing"
+            return False
         inode = self._stat()
         if self._store is not None:
             if inode == self._inode:
@@ -381,6 +391,10 @@ class StateSource:
                             "(start a session with `threadlab run TASK`)")
             return False
         self._removed = False
+        # opened in a task of its own: a connect cut off by cancellation would leak its thread
+        return await self._whole(self._open(inode))
+
+    async def _open(self, inode: tuple[int, int]) -> bool:
         try:
             store = await Store.open(self.path)
         except ThreadlabError as exc:
@@ -389,9 +403,9 @@ class StateSource:
         except (sqlite3.Error, OSError) as exc:
             self.problem = f"waiting for {self.path}: cannot open it yet ({exc})"
             return False
-        if self._stat() != inode:  # replaced while we opened it: try again next poll
-            await store.close()
-            return False
+        if self._closed or self._store is not None or self._stat() != inode:
+            await store.close()  # closing meanwhile, opened twice, or replaced while opening
+            return self._store is not None and not self._closed
         self._store, self._inode = store, inode
         self.problem = ""
         self.opens += 1

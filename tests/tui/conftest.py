@@ -3,6 +3,7 @@ app's Snapshots and read its screen as text."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,31 @@ async def fresh(app: ThreadlabApp, pilot, predicate=None, timeout: float = 10.0,
     snap = await loaded(app, predicate, timeout, what)
     await pilot.pause()
     return snap
+
+
+async def send_keys(app: ThreadlabApp, *keys: str, gap: float = 0.05) -> None:
+    """Press keys the way the terminal driver does, without Pilot.press's wait for an idle
+    CPU: an in-process engine keeps the process busy, so that wait costs up to 1 s a key.
+    Callers then wait on what the key must change."""
+    from textual import events
+
+    chars = {"space": " ", "enter": "\r", "tab": "\t", "escape": "\x1b"}
+    for key in keys:
+        app.post_message(events.Key(key, chars.get(key, key if len(key) == 1 else None)))
+        await asyncio.sleep(gap)
+
+
+def record_notifications(app) -> list[tuple[str, str, str]]:
+    """(title, message, severity) of every app.notify from now on."""
+    seen: list[tuple[str, str, str]] = []
+    original = app.notify
+
+    def notify(message, *, title="", severity="information", **kwargs):
+        seen.append((title, str(message), severity))
+        return original(message, title=title, severity=severity, **kwargs)
+
+    app.notify = notify
+    return seen
 
 
 def screen_text(app: ThreadlabApp) -> str:

@@ -8,6 +8,7 @@ refusals) and that they write their Command row.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,29 +18,16 @@ from textual.widgets import Input, Log
 from engine.models import NodeStatus
 from engine.store import Store
 from tests.conftest import wait_for
-from tests.tui.conftest import cursor_entry, fresh, loaded, make_app, screen_text
+from tests.tui.conftest import cursor_entry, fresh, loaded, make_app, record_notifications, screen_text
 from tui.screens import ConfirmScreen, HelpScreen
 from tui.widgets.detail import RunsTable
 
 SIZE = (120, 40)
 
 
-def record_notifications(app) -> list[tuple[str, str, str]]:
-    """(title, message, severity) of every app.notify from now on."""
-    seen: list[tuple[str, str, str]] = []
-    original = app.notify
-
-    def notify(message, *, title="", severity="information", **kwargs):
-        seen.append((title, str(message), severity))
-        return original(message, title=title, severity=severity, **kwargs)
-
-    app.notify = notify
-    return seen
-
-
 async def commands_in(db: Path) -> list[tuple[str, dict, str]]:
     async with await Store.open(db) as store:
-        return [(r["kind"], __import__("json").loads(r["args"]), r["source"])
+        return [(r["kind"], json.loads(r["args"]), r["source"])
                 for r in await store.rows("SELECT * FROM commands ORDER BY id")]
 
 
