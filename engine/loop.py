@@ -54,7 +54,6 @@ from engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-FINISHED_RUN = (RunStatus.DONE, RunStatus.FAILED, RunStatus.TIMEOUT)
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 MAX_PARENT_RETRIES = 2  # failed measurements of a parent seed before its children give up
 

@@ -326,11 +326,6 @@ def _read_notes(path: Path, name: str) -> str:
     return (path / name).read_text() if name and (path / name).is_file() else ""
 
 
-def with_profile(spec: TaskSpec, profile: str) -> TaskSpec:
-    """The same task under another profile (re-read from disk so overrides apply)."""
-    return spec if profile == spec.profile else load_task(spec.path, profile)
-
-
 def builtin_tasks_dir() -> Path:
     import tasks
 
