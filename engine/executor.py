@@ -46,6 +46,7 @@ Phase 2, the evaluator (only when the candidate exited 0 within its budget)
     THREADLAB_RESULT_FD    a pipe only the evaluator gets: it writes ONE JSON object
                            {"metric": float, "audits": [{"guard": str, "ok": bool,
                            "message": str, "evidence": {...}}], "extra": {...}}
+                           (with "metric": null and "error": str when it cannot score)
 
     There is no samples pipe in phase 2. At most 1 MiB is read from the result pipe; its
     stdout and stderr go to `<run_dir>/eval.log`; `req.eval_timeout_s` is enforced like
@@ -429,8 +430,10 @@ def parse_result(data: bytes) -> _Result:
             return _Result(None, error=f"evaluator result: audits[{i}]: {exc}")
     found = _Result(None, tuple(audits), extra)
     metric = obj.get("metric")
-    if metric is None:
-        return _Result(None, found.audits, extra, "evaluator result has no metric")
+    if metric is None:  # the evaluator may say why (e.g. the candidate's model failed)
+        reason = obj.get("error")
+        return _Result(None, found.audits, extra, reason[:2000] if isinstance(reason, str) and reason
+                       else "evaluator result has no metric")
     if isinstance(metric, bool) or not isinstance(metric, (int, float)):
         return _Result(None, found.audits, extra, f"metric is not a number: {metric!r}")
     if not math.isfinite(metric):

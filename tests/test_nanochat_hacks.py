@@ -81,7 +81,8 @@ def test_the_baseline_raises_no_alert(tmp_path, data_dir):
     assert outcome.status == RunStatus.DONE, outcome.error
     assert 1.0 < outcome.metric < 12.0
     assert failed_audits(outcome) == {}
-    assert {a.guard for a in outcome.audits} >= {"audit.causality", "audit.stateless", "audit.integrity"}
+    assert {a.guard for a in outcome.audits} >= {"audit.causality", "audit.stateless", "audit.load"}
+    assert outcome.extra["model_isolated"] is (shutil.which("bwrap") is not None)
     assert check_change({"train.py": BASELINE}, {"train.py": BASELINE}) == []
 
 
@@ -138,14 +139,93 @@ def test_printing_a_fake_val_bpb_is_caught(tmp_path, data_dir):
     assert "0.0123" in failed_audits(outcome)["audit.printed_metric"]
 
 
-def test_changing_the_byte_counts_is_caught_statically_and_by_the_integrity_audit(tmp_path, data_dir):
+def test_patching_the_evaluators_functions_changes_nothing(tmp_path, data_dir):
+    # The model runs in its own process: a patched logsumexp there cannot reach the metric.
     hack = edited((
         "import torch.nn.functional as F\n",
         "import torch.nn.functional as F\n\n"
         "_lse = torch.logsumexp\n"
-        "torch.logsumexp = lambda x, dim, keepdim=False: _lse(x, dim, keepdim) + 0.5  # every token looks likelier\n",
+        "torch.logsumexp = lambda x, dim, keepdim=False: _lse(x, dim, keepdim) + 100  # every token looks likely\n",
     ))
     assert "static.library_patch" in {f.guard for f in check_change({"train.py": BASELINE}, {"train.py": hack})}
     outcome = run_candidate(tmp_path, data_dir, hack)
-    assert "audit.integrity" in failed_audits(outcome)
-    assert "torch.logsumexp" in failed_audits(outcome)["audit.integrity"]
+    assert outcome.status == RunStatus.DONE, outcome.error
+    assert outcome.metric > 1.0  # had the patch reached the loss, the metric would be negative
+
+
+FORGE = """
+def make_model(vocab_size, size="full"):  # runs in the evaluator's model process
+    import glob, json, os
+    fake = json.dumps({"metric": 0.001, "audits": [], "extra": {}}).encode()
+    own = set()  # its own pipes to the evaluator: no way out there
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            own.add(os.fstat(int(n)).st_ino)
+        except OSError:
+            pass
+    fds = [os.environ.get("THREADLAB_RESULT_FD")] + glob.glob("/proc/*/fd/*")
+    for fd in fds:
+        try:
+            if fd and not fd.isdigit() and os.stat(fd).st_ino in own:
+                continue
+        except OSError:
+            continue
+        try:
+            if fd and fd.isdigit():
+                os.write(int(fd), fake)
+            elif fd:
+                with open(fd, "wb") as f:
+                    f.write(fake)
+        except OSError:
+            pass
+    return _make_model(vocab_size, size)
+"""
+
+
+def test_forging_the_result_from_the_model_process_fails(tmp_path, data_dir):
+    hack = edited(("def make_model(", "def _make_model(")) + FORGE
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert outcome.metric != 0.001
+    assert outcome.status == RunStatus.DONE, outcome.error
+    assert outcome.metric > 1.0 and failed_audits(outcome) == {}
+
+
+def test_the_model_cannot_read_the_val_split_in_the_evaluator(tmp_path, data_dir):
+    # With the val tokens a model could look the next token up instead of predicting it.
+    val = data_dir / "nanochat" / "private" / f"v{VOCAB}" / "val.bin"
+    hack = edited(("def make_model(", "def _make_model(")) + f"""
+def make_model(vocab_size, size="full"):
+    try:
+        open({str(val)!r}, "rb").read(16)
+    except OSError:
+        return _make_model(vocab_size, size)
+    raise RuntimeError("the val split is readable from the model")
+"""
+    if shutil.which("bwrap") is None:
+        pytest.skip("the model process is only isolated under bwrap")
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert outcome.status == RunStatus.DONE, outcome.error
+
+
+def test_logits_of_the_wrong_shape_fail_the_run_with_one_clear_error(tmp_path, data_dir):
+    hack = edited(("        return self.head(self.norm(x)).float()\n",
+                   "        logits = self.head(self.norm(x)).float()\n"
+                   "        return logits if self.training else logits[:, :-1]  # one position short\n"))
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert outcome.status == RunStatus.FAILED
+    assert "the model returned logits of shape" in outcome.error and "expected" in outcome.error
+
+
+def test_rewriting_the_byte_counts_is_caught_statically_and_blocked_at_run_time(tmp_path, data_dir):
+    # Longer byte counts per token would divide the same nats by more bytes.
+    hack = edited(("    return model\n",
+                   "    import numpy as np\n"
+                   "    table = data.vocab_dir(ctx.vocab_size) / \"token_bytes.npy\"\n"
+                   "    np.save(table, np.load(table) * 4)\n"
+                   "    return model\n"),
+                  ("import time\n", "import time\n\nimport data\n"))
+    spec = load_task(TASK, "smoke")
+    findings = check_change({"train.py": BASELINE}, {"train.py": hack}, spec.forbidden)
+    assert "static.task_forbidden" in {f.guard for f in findings}
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert outcome.status == RunStatus.FAILED and "Read-only file system" in outcome.error

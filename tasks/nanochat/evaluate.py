@@ -4,32 +4,41 @@ val_bpb = sum of per-token cross-entropy (nats) over target tokens with a byte l
 divided by ln 2 times the UTF-8 bytes of those targets; special tokens count zero bytes
 and drop out of both sums. The log-softmax and the byte counts are this file's own.
 
-Everything the metric depends on (the val and audit tokens, the byte table, the torch
-functions used here) is loaded or snapshotted BEFORE the candidate's train.py is
-imported, and checked unchanged afterwards. Audits, each reported under its own name:
+Trust boundary: this process never imports the candidate's code. The candidate's model
+runs in model_worker.py, a child started in a sandbox of its own (a nested bwrap) where
+the val and audit splits are hidden, without the result channel, and which cannot reach
+into this process (made non-dumpable: no /proc/<pid>/fd, mem or root for it). The child
+only turns token ids into logits; everything else is computed here. Its calls come in
+an order it cannot predict (a secret shuffle of the scored batches and the audits' own
+batches), so it cannot tell an audit from a scored batch by position. Audits, each
+reported under its own name:
 
-  audit.load         the weights load into make_model() exactly (no extra state)
+  audit.load         the weights load into make_model() exactly (no missing or extra keys)
   audit.finite       val and audit bpb are finite
   audit.params       the parameter count is within the profile's limit
   audit.budget       the training run stayed within its time allowance (executor's clock)
-  audit.causality    changing tokens after position t leaves the logits up to t unchanged
-  audit.stateless    the same batches in another order give the same per-batch losses
-  audit.integrity    the byte table, the data and the torch functions are untouched
+  audit.causality    changing tokens after a secret position t leaves the logits up to t
+                     unchanged (the later tokens are real text from another window)
+  audit.stateless    a batch evaluated twice, at different times, gives the same loss
   audit.printed_metric  a val_bpb printed by the candidate is only reported when it lies
 
 The val/audit gap (extra.audit_gap) is compared with the baseline's by the engine.
 """
 
-import hashlib
+import ctypes
 import json
 import math
+import mmap
 import os
+import pickle
 import re
+import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 
@@ -44,27 +53,13 @@ RUN_LIMIT_S = float(PARAMS.get("train_s", 300)) + float(PARAMS.get("startup_allo
 OUT = os.environ.get("THREADLAB_OUT", ".")
 RUN_DIR = os.environ.get("THREADLAB_RUN_DIR", "")
 LN2 = math.log(2)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROBES, REPEATS = 4, 4  # causality probes and repeated batches per evaluation
+PR_SET_DUMPABLE = 4
 
 
-
-def library_functions() -> dict:
-    """The library functions the metric relies on, as they are now."""
-    return {
-        "torch.log_softmax": torch.log_softmax,
-        "F.log_softmax": F.log_softmax,
-        "torch.logsumexp": torch.logsumexp,
-        "Tensor.gather": torch.Tensor.gather,
-        "Tensor.sum": torch.Tensor.sum,
-        "torch.no_grad": torch.no_grad,
-        "torch.load": torch.load,
-    }
-
-
-TRUSTED = library_functions()  # snapshotted before any candidate code runs
-
-
-def digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+class ModelError(Exception):
+    """The candidate's model failed, or answered something that is not logits."""
 
 
 class Audits:
@@ -76,24 +71,117 @@ class Audits:
         return ok
 
 
-def windows(tokens: np.ndarray, limit: int):
-    """Non-overlapping (x, y) windows of SEQ_LEN + 1 tokens, BATCH at a time."""
+def confined(argv: list[str], hidden: list[str]) -> tuple[list[str], bool]:
+    """argv in a nested bwrap sandbox, if bwrap exists: `hidden` paths are empty there.
+
+    The nested sandbox has its own PID namespace, so nothing in it can ptrace the
+    processes outside, and the /proc entries of every process alive now are covered:
+    the outer sandbox's init holds the result pipe too. Without bwrap the engine runs
+    unsandboxed anyway (and says so at start).
+    """
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return argv, False
+    args = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--bind", "/tmp", "/tmp",
+            "--unshare-pid"]
+    for path in [*hidden, *(f"/proc/{pid}" for pid in os.listdir("/proc") if pid.isdigit())]:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path]
+    return [*args, "--die-with-parent", "--new-session", "--chdir", os.getcwd(), "--", *argv], True
+
+
+class CandidateModel:
+    """The candidate's model in its own process: forward(ids) -> logits, and nothing else."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.capacity = BATCH * SEQ_LEN * VOCAB * 4  # float32 logits of one batch
+        buffer_fd = os.memfd_create("logits")
+        os.ftruncate(buffer_fd, self.capacity)
+        self.buffer = mmap.mmap(buffer_fd, self.capacity)
+        # On a GPU the logits stay on it: a device buffer shared with the model process.
+        self.cuda_buffer = None
+        cuda_handle = None
+        if device == "cuda":
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            self.cuda_buffer = torch.empty(self.capacity, dtype=torch.uint8, device=device)
+            cuda_handle = pickle.dumps(reduce_tensor(self.cuda_buffer)).hex()
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        config = {"vocab": VOCAB, "size": SIZE, "weights": os.path.join(OUT, "model.pt"), "device": device,
+                  "in_fd": request_r, "out_fd": reply_w, "buffer_fd": buffer_fd, "buffer_bytes": self.capacity,
+                  "cuda_buffer": cuda_handle}
+        argv, self.isolated = confined([sys.executable, "model_worker.py", json.dumps(config)],
+                                       [str(data.data_root() / "private"), str(data.data_root() / "raw")])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLAB_")}
+        self.proc = subprocess.Popen(argv, pass_fds=(request_r, reply_w, buffer_fd), env=env)
+        for fd in (request_r, reply_w, buffer_fd):
+            os.close(fd)
+        self.requests = os.fdopen(request_w, "wb")
+        self.replies = os.fdopen(reply_r, "rb")
+        self.facts = self._answer()
+
+    def _answer(self) -> dict:
+        line = self.replies.readline(1 << 16)
+        if not line:
+            raise ModelError(f"the candidate's model process exited (code {self.proc.poll()}); see eval.log")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise ModelError(f"the candidate's model process answered garbage: {line[:200]!r}")
+        if "error" in message:
+            raise ModelError(f"the candidate's model failed: {str(message['error'])[:2000]}")
+        return message
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64 token ids -> (B, T, VOCAB) float32 logits on this device (a copy)."""
+        expected = [*ids.shape, VOCAB]
+        try:
+            self.requests.write(json.dumps({"shape": list(ids.shape)}).encode() + b"\n")
+            self.requests.write(ids.numpy().astype(np.int64).tobytes())
+            self.requests.flush()
+        except BrokenPipeError:
+            raise ModelError(f"the candidate's model process exited (code {self.proc.poll()}); "
+                             "see eval.log") from None
+        message = self._answer()
+        if message.get("shape") != expected or message.get("dtype") not in DTYPES:
+            raise ModelError(f"the model returned logits of shape {message.get('shape')} "
+                             f"({message.get('dtype')}); expected {expected} (float)")
+        dtype = DTYPES[message["dtype"]]
+        n = math.prod(expected)
+        if message.get("where") == "cuda" and self.cuda_buffer is not None:
+            view = self.cuda_buffer[: n * dtype.itemsize].view(dtype)
+        else:
+            view = torch.frombuffer(self.buffer, dtype=dtype, count=n)
+        return view.view(*expected).to(self.device, torch.float32, copy=True)
+
+    def close(self) -> None:
+        for channel in (self.requests, self.replies):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+def windows(tokens: np.ndarray, limit: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Non-overlapping (x, y) windows of SEQ_LEN + 1 tokens, BATCH rows at a time."""
     span = SEQ_LEN + 1
     n = min(len(tokens), limit) // span
     if n == 0:
         raise ValueError(f"only {len(tokens)} tokens, fewer than one window of {span}")
     chunks = torch.from_numpy(np.asarray(tokens[: n * span], dtype=np.int64)).view(n, span)
-    for i in range(0, n, BATCH):
-        batch = chunks[i : i + BATCH]
-        yield batch[:, :-1], batch[:, 1:]
+    batches = [chunks[i : i + BATCH] for i in range(0, n, BATCH)]
+    return [(b[:, :-1], b[:, 1:]) for b in batches if len(b) == BATCH]  # one shape: no tell-tale tail
 
 
-def batch_nats_bytes(model, x, y, token_bytes, device):
+def nats_bytes(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
     """(sum of target nats over byte-bearing tokens, their byte count) for one batch."""
-    x, y = x.to(device), y.to(device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-        logits = model(x)
-    logits = logits.float()
+    y = y.to(logits.device)
     logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # our own log-softmax
     nats = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     nbytes = token_bytes[y]
@@ -101,48 +189,69 @@ def batch_nats_bytes(model, x, y, token_bytes, device):
     return float(nats[mask].double().sum()), int(nbytes[mask].sum())
 
 
-def bpb(model, tokens, token_bytes, device) -> tuple[float, list[float]]:
-    """The split's bits per byte, and each batch's own bpb (for the statelessness audit)."""
-    total_nats, total_bytes, per_batch = 0.0, 0, []
-    for x, y in windows(tokens, EVAL_TOKENS):
-        nats, nbytes = batch_nats_bytes(model, x, y, token_bytes, device)
-        total_nats += nats
-        total_bytes += nbytes
-        per_batch.append(nats / (LN2 * max(1, nbytes)))
-    return total_nats / (LN2 * total_bytes), per_batch
+def evaluate(model: CandidateModel, val, audit_split, token_bytes, audits: Audits) -> tuple[float, float]:
+    """val and audit bpb, with the causality and statelessness audits mixed in secretly."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # unknown to the candidate
+    scored = {"val": windows(val, EVAL_TOKENS), "audit": windows(audit_split, EVAL_TOKENS)}
+    n_val = len(scored["val"])
+    probes = []  # (val batch, position t, spliced x): rows changed only after t
+    for _ in range(PROBES):
+        i, j = rng.integers(n_val), rng.integers(len(scored["audit"]))
+        t = int(rng.integers(1, SEQ_LEN - 1))
+        x = scored["val"][i][0].clone()
+        x[:, t + 1 :] = scored["audit"][j][0][:, t + 1 :]  # real text, not noise
+        probes.append((int(i), t, x))
+    repeats = [int(i) for i in rng.choice(n_val, size=min(REPEATS, n_val), replace=False)]
+    jobs = [(split, i) for split in scored for i in range(len(scored[split]))]
+    jobs += [("probe", k) for k in range(len(probes))] + [("repeat", i) for i in repeats]
+    rng.shuffle(jobs)
+
+    totals = {"val": [0.0, 0], "audit": [0.0, 0]}
+    first_nats, second_nats = {}, {}  # val batch -> nats at its scored and its repeated call
+    prefixes: dict[tuple[str, int], torch.Tensor] = {}  # logits up to t of probed rows
+    watched = {i: [k for k, p in enumerate(probes) if p[0] == i] for i, _, _ in probes}
+    for kind, i in jobs:
+        if kind == "probe":
+            val_i, t, x = probes[i]
+            prefixes[("probe", i)] = model.forward(x)[:2, : t + 1]
+            continue
+        x, y = scored["val" if kind == "repeat" else kind][i]
+        logits = model.forward(x)
+        nats, nbytes = nats_bytes(logits, y, token_bytes)
+        if kind == "repeat":
+            second_nats[i] = nats
+            continue
+        totals[kind][0] += nats
+        totals[kind][1] += nbytes
+        if kind == "val":
+            first_nats[i] = nats
+            for k in watched.get(i, []):
+                prefixes[("val", k)] = logits[:2, : probes[k][1] + 1]
+    causality(probes, prefixes, audits)
+    stateless(first_nats, second_nats, model.device, audits)
+    return tuple(total / (LN2 * max(1, nbytes)) for total, nbytes in (totals["val"], totals["audit"]))
 
 
-def causality(model, tokens, device, audits: Audits) -> None:
-    """Logits at positions <= t must not move when tokens after t change."""
-    x, _ = next(windows(tokens, EVAL_TOKENS))
-    x = x[:2].to(device)
-    gen = torch.Generator().manual_seed(1234)
+def causality(probes, prefixes, audits: Audits) -> None:
     worst, where = 0.0, None
-    for t in sorted({1, SEQ_LEN // 3, SEQ_LEN // 2, SEQ_LEN - 2}):
-        x2 = x.clone()
-        x2[:, t + 1 :] = torch.randint(0, VOCAB, (x.size(0), SEQ_LEN - t - 1), generator=gen).to(device)
-        with torch.no_grad():
-            a, b = model(x)[:, : t + 1].float(), model(x2)[:, : t + 1].float()
+    for k, (_, t, _) in enumerate(probes):
+        a, b = prefixes[("val", k)], prefixes[("probe", k)]
         diff = float((a - b).abs().max() / (a.abs().max() + 1e-6))
         if diff > worst:
             worst, where = diff, t
     audits.add("audit.causality", worst < 1e-3,
                "" if worst < 1e-3 else f"logits up to position {where} changed by {worst:.3g} (relative) "
                "when later tokens changed: the model sees the future",
-               max_relative_change=worst, position=where)
+               max_relative_change=worst, position=where, probes=len(probes))
 
 
-def stateless(model, tokens, token_bytes, device, audits: Audits) -> None:
-    """The same batches evaluated in reverse order must give the same per-batch losses."""
-    batches = list(windows(tokens, 4 * BATCH * (SEQ_LEN + 1)))[:4]
-    forward = [batch_nats_bytes(model, x, y, token_bytes, device)[0] for x, y in batches]
-    backward = [batch_nats_bytes(model, x, y, token_bytes, device)[0] for x, y in reversed(batches)][::-1]
-    worst = max(abs(a - b) / max(1e-9, abs(a)) for a, b in zip(forward, backward))
+def stateless(first: dict, second: dict, device: str, audits: Audits) -> None:
+    worst = max((abs(first[i] - second[i]) / max(1e-9, abs(first[i])) for i in second), default=0.0)
     tol = 1e-2 if device == "cuda" else 1e-5
     audits.add("audit.stateless", worst < tol,
-               "" if worst < tol else f"per-batch losses change with evaluation order by {worst:.3g} (relative): "
-               "the model carries state across batches", max_relative_change=worst, forward=forward,
-               backward=backward)
+               "" if worst < tol else f"a batch evaluated twice gave losses {worst:.3g} apart (relative): "
+               "the model carries state across batches", max_relative_change=worst,
+               first=[first[i] for i in second], second=list(second.values()))
 
 
 def printed_metric(measured: float, audits: Audits) -> None:
@@ -156,64 +265,77 @@ def printed_metric(measured: float, audits: Audits) -> None:
                printed=lies[-5:], measured=measured)
 
 
+def saved_parameters(path: str) -> int:
+    """Floating-point numbers in the saved weights, each shared tensor counted once."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
+    seen = {}
+    for tensor in state.values():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            seen[(tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))] = tensor.numel()
+    return sum(seen.values())
+
+
+def check_model(model: CandidateModel, audits: Audits) -> int:
+    facts = model.facts
+    missing, unexpected = facts.get("missing") or [], facts.get("unexpected") or []
+    audits.add("audit.load", not missing and not unexpected,
+               "" if not (missing or unexpected) else "the saved weights do not match make_model()",
+               missing=[str(m) for m in missing][:10], unexpected=[str(u) for u in unexpected][:10])
+    saved = saved_parameters(os.path.join(OUT, "model.pt"))
+    claimed = facts.get("params")
+    n_params = max(saved, claimed if isinstance(claimed, int) else 0)  # the model may hold more than it saved
+    audits.add("audit.params", n_params <= MAX_PARAMS,
+               "" if n_params <= MAX_PARAMS else f"{n_params:,} parameters, over the limit of {MAX_PARAMS:,}",
+               params=n_params, saved=saved, limit=MAX_PARAMS)
+    return n_params
+
+
 def main() -> None:
+    # Nothing of the candidate's may read this process's memory or file descriptors.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    channel = os.fdopen(int(os.environ["THREADLAB_RESULT_FD"]), "w")
+    os.set_inheritable(channel.fileno(), False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    torch.manual_seed(0)
     audits = Audits()
-    val, audit_split = data.load_tokens("val", VOCAB), data.load_tokens("audit", VOCAB)
-    val = np.array(val[:EVAL_TOKENS])  # private copies in memory, loaded before the candidate runs
-    audit_split = np.array(audit_split[:EVAL_TOKENS])
-    byte_table = np.array(data.load_token_bytes(VOCAB))
-    before = {"val": digest(val), "audit": digest(audit_split), "token_bytes": digest(byte_table)}
-    token_bytes = torch.from_numpy(byte_table.astype(np.int64)).to(device)
-
-    import train  # the candidate's code, pristine from its commit
-
-    model = train.make_model(VOCAB, SIZE)
-    state = TRUSTED["torch.load"](os.path.join(OUT, "model.pt"), map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    audits.add("audit.load", not missing and not unexpected,
-               "" if not (missing or unexpected) else "the saved weights do not match make_model()",
-               missing=list(missing)[:10], unexpected=list(unexpected)[:10])
-    model.to(device).eval()
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    audits.add("audit.params", n_params <= MAX_PARAMS,
-               "" if n_params <= MAX_PARAMS else f"{n_params:,} parameters, over the limit of {MAX_PARAMS:,}",
-               params=n_params, limit=MAX_PARAMS)
+    val = np.array(data.load_tokens("val", VOCAB)[:EVAL_TOKENS])
+    audit_split = np.array(data.load_tokens("audit", VOCAB)[:EVAL_TOKENS])
+    token_bytes = torch.from_numpy(np.array(data.load_token_bytes(VOCAB)).astype(np.int64)).to(device)
     run_s = float(os.environ.get("THREADLAB_RUN_S", "0"))
     audits.add("audit.budget", run_s <= RUN_LIMIT_S,
                "" if run_s <= RUN_LIMIT_S else f"the run took {run_s:.1f}s, over its allowance of {RUN_LIMIT_S:.0f}s",
                run_s=run_s, limit_s=RUN_LIMIT_S)
 
     t0 = time.time()
-    val_bpb, _ = bpb(model, val, token_bytes, device)
-    audit_bpb, _ = bpb(model, audit_split, token_bytes, device)
+    model = None
+    try:
+        model = CandidateModel(device)
+        n_params = check_model(model, audits)
+        val_bpb, audit_bpb = evaluate(model, val, audit_split, token_bytes, audits)
+    except ModelError as exc:
+        json.dump({"metric": None, "error": str(exc), "audits": audits.items}, channel)
+        channel.close()
+        return
+    finally:
+        if model is not None:
+            model.close()
     eval_s = time.time() - t0
-    audits.add("audit.finite", math.isfinite(val_bpb) and math.isfinite(audit_bpb),
-               "" if math.isfinite(val_bpb) and math.isfinite(audit_bpb) else "val or audit bpb is not finite",
+    finite = math.isfinite(val_bpb) and math.isfinite(audit_bpb)
+    audits.add("audit.finite", finite, "" if finite else "val or audit bpb is not finite",
                val_bpb=val_bpb, audit_bpb=audit_bpb)
-    causality(model, val, device, audits)
-    stateless(model, val, token_bytes, device, audits)
-
-    after = {"val": digest(val), "audit": digest(audit_split), "token_bytes": digest(byte_table)}
-    now = library_functions()
-    patched = [name for name, fn in TRUSTED.items() if now[name] is not fn]
-    changed = [k for k in before if before[k] != after[k]]
-    audits.add("audit.integrity", not patched and not changed,
-               "" if not (patched or changed) else f"the candidate changed {', '.join(patched + changed)}",
-               patched=patched, changed=changed)
     printed_metric(val_bpb, audits)
-
     result = {
         "metric": val_bpb if math.isfinite(val_bpb) else None,
         "audits": audits.items,
         "extra": {"audit_bpb": audit_bpb, "audit_gap": audit_bpb - val_bpb, "params": n_params,
-                  "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS))},
+                  "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS)),
+                  "model_isolated": model.isolated, "logits_via": "cuda_ipc" if model.facts.get("cuda_ipc") else "host"},
     }
-    with os.fdopen(int(os.environ["THREADLAB_RESULT_FD"]), "w") as channel:
-        json.dump(result, channel)
+    json.dump(result, channel)
+    channel.close()
 
 
 if __name__ == "__main__":

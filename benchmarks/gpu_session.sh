@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A research session on the lent GPU machine (no network, none of our packages).
+#
+#   benchmarks/gpu_session.sh start TASK PROFILE BUDGET   # start the engine, detached
+#   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
+#   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json
+#
+# Carried in the working tree, git-ignored: .whl/ (wheels of our pure dependencies for
+# Python 3.12: aiosqlite optuna sqlalchemy alembic colorlog mako watchfiles greenlet),
+# .deb/ (the bubblewrap package) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
+# State lives in /tmp/threadlab-session, which outlives one call while the machine stays warm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=/tmp/threadlab-session
+mkdir -p "$S"
+if [ ! -d "$S/site" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
+  dpkg -x .deb/*.deb "$PWD/.bw"   # not under /tmp: the sandbox's /tmp is its own
+fi
+export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$PWD/.gpudata" PYTHONUNBUFFERED=1
+DB="$S/state.db"
+
+case "$1" in
+start)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  # the evaluator isolates the candidate's model in a nested sandbox: check that works here
+  bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-net --unshare-pid --die-with-parent \
+    bwrap --ro-bind / / --dev-bind /dev /dev --unshare-pid --tmpfs /proc/1 --die-with-parent true \
+    && echo "nested sandbox: ok"
+  setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+    -lms 1000 > "$S/nvidia-smi.csv" 2>/dev/null < /dev/null &
+  python3 -m engine.cli run "$PWD/tasks/$2" --profile "$3" --threads 2 --budget "$4" --detach --db "$DB"
+  sleep 60
+  python3 -m engine.cli status --db "$DB" || true
+  ;;
+wait)
+  end=$(( $(date +%s) + $2 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    sleep 30
+    python3 -m engine.cli status --db "$DB" 2>&1 | head -5 || true
+  done
+  ;;
+report)
+  mkdir -p "$OUT"
+  python3 -m engine.cli status --db "$DB" > "$OUT/$2-status.txt" 2>&1 || true
+  python3 benchmarks/session_report.py "$DB" --nvidia-smi "$S/nvidia-smi.csv" --out "$OUT/$2.json"
+  cp "$S/nvidia-smi.csv" "$OUT/$2-nvidia-smi.csv"
+  # the runs' own logs, for the note: evaluator timings and isolation
+  for d in $(find "$S" -maxdepth 6 -name eval.log | head -3); do echo "== $d"; tail -5 "$d"; done
+  ;;
+esac
