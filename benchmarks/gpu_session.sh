@@ -25,7 +25,7 @@ start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   # the evaluator isolates the candidate's model in a nested sandbox: check that works here
   bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-net --unshare-pid --die-with-parent \
-    bwrap --ro-bind / / --dev-bind /dev /dev --unshare-pid --tmpfs /proc/1 --die-with-parent true \
+    bwrap --ro-bind / / --dev-bind /dev /dev --unshare-pid --proc /proc --die-with-parent true \
     && echo "nested sandbox: ok"
   setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 1000 > "$S/nvidia-smi.csv" 2>/dev/null < /dev/null &
@@ -37,7 +37,9 @@ wait)
   end=$(( $(date +%s) + $2 ))
   while [ "$(date +%s)" -lt "$end" ]; do
     sleep 30
-    python3 -m engine.cli status --db "$DB" 2>&1 | head -5 || true
+    python3 -m engine.cli status --db "$DB" > "$S/status.txt" 2>&1 || true
+    head -4 "$S/status.txt"
+    grep -q "engine: stopped" "$S/status.txt" && break
   done
   ;;
 report)

@@ -74,17 +74,17 @@ class Audits:
 def confined(argv: list[str], hidden: list[str]) -> tuple[list[str], bool]:
     """argv in a nested bwrap sandbox, if bwrap exists: `hidden` paths are empty there.
 
-    The nested sandbox has its own PID namespace, so nothing in it can ptrace the
-    processes outside, and the /proc entries of every process alive now are covered:
-    the outer sandbox's init holds the result pipe too. Without bwrap the engine runs
-    unsandboxed anyway (and says so at start).
+    The nested sandbox has its own PID namespace and its own /proc, so nothing in it can
+    see, ptrace or open the file descriptors of the processes outside (the outer
+    sandbox's init holds the result pipe too). CUDA needs the /proc of its own PID
+    namespace. Without bwrap the engine runs unsandboxed anyway (and says so at start).
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return argv, False
     args = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--bind", "/tmp", "/tmp",
-            "--unshare-pid"]
-    for path in [*hidden, *(f"/proc/{pid}" for pid in os.listdir("/proc") if pid.isdigit())]:
+            "--unshare-pid", "--proc", "/proc"]
+    for path in hidden:
         if os.path.isdir(path):
             args += ["--tmpfs", path]
     return [*args, "--die-with-parent", "--new-session", "--chdir", os.getcwd(), "--", *argv], True
