@@ -483,6 +483,51 @@ def tasks() -> None:
     console.print("any folder with a task.toml is a task too: `threadlab run PATH`")
 
 
+@cli.group()
+def bench() -> None:
+    """Measured benchmarks (tables and JSON; not pass/fail)."""
+
+
+@bench.command("kernels")
+@click.option("--problem", "names", multiple=True, help="only this problem (repeatable; default: all)")
+@click.option("--mode", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="gpu: time and score on CUDA; cpu: the TRITON_INTERPRET=1 correctness pass (default: gpu if present)")
+@click.option("--no-compile", is_flag=True, help="T_b from eager PyTorch only (skip torch.compile)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the full results here")
+def bench_kernels(names: tuple[str, ...], mode: str | None, no_compile: bool, json_path: Path | None) -> None:
+    """The GPU-kernel suite's shipped solutions: T_k, T_b, T_SOL and the SOL score S per problem."""
+    from kernels import bench as kbench
+    from kernels.problem import problems
+
+    unknown = sorted(set(names) - set(problems()))
+    if unknown:
+        raise ThreadlabError(f"no kernel problem {unknown[0]!r}", hint=f"known: {', '.join(sorted(problems()))}")
+    table_rows: list[list[str]] = []
+
+    def progress(name: str, report: Any, entry: dict[str, Any]) -> None:
+        rows = kbench.line(name, report, entry)
+        table_rows.extend(rows)
+        console.print(f"{name}: {rows[0][6]} ({entry['seconds']:.0f}s)", markup=False)
+
+    summary = kbench.run(list(names) or None, mode, compile_baseline=not no_compile, on_report=progress)
+    table = Table(*kbench.HEADER)
+    for row in table_rows:
+        table.add_row(*row)
+    console.print(table)
+    if summary.get("mean_S") is not None:
+        console.print(f"mean S over {summary['correct']} correct problems: {summary['mean_S']:.3f}")
+    if summary.get("note"):
+        console.print(summary["note"], markup=False)
+    console.print(f"{summary['correct']}/{summary['total']} problems correct and unflagged")
+    console.print(json.dumps({k: v for k, v in summary.items() if k != "problems"}), markup=False, soft_wrap=True)
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=1))
+    if summary["correct"] != summary["total"]:
+        raise ThreadlabError(f"{summary['total'] - summary['correct']} kernel problem(s) failed or were flagged",
+                             hint="see the table above; `python -m kernels.evaluate --problem NAME` shows one in full")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="threadlab", standalone_mode=False)

@@ -1,0 +1,1 @@
+"""One module per kernel problem, each defining PROBLEM (see kernels/problem.py)."""

@@ -1,0 +1,81 @@
+"""The timing loop, run inside a worker by trusted code (the candidate's or the baseline's).
+
+Per call: fresh input values written into the same buffers (new values, same addresses,
+so a cache keyed on the pointer replays stale outputs and is caught by the recheck), the
+L2 cache flushed, then
+
+    host0; start.record(); out = fn(*inputs); end_main.record()
+    torch.cuda.synchronize()            # device-wide: work on any stream is finished
+    end_all.record(); end_all.synchronize(); host1
+
+`main` (start..end_main) is the kernel time on the calling stream; `total` (start..end_all)
+also covers work on side streams, plus the synchronisation gap that the `null` function
+measures. The evaluator takes `main`, unless `total - gap` is clearly longer (work left on
+another stream: flagged, and timed in full). `host` (host1 - host0) must contain the
+event interval; the evaluator's own clock around the whole loop checks `host`.
+On the CPU (the interpreter) there are no events: all three are the host interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter  # bound here, before any candidate code runs
+
+import torch
+
+from kernels.problem import generator
+
+L2_FLUSH_BYTES = 256 << 20  # >= 2x the H100's 50 MB L2
+
+
+class Timer:
+    def __init__(self, device: str):
+        self.device = device
+        self.cuda = device == "cuda"
+        self.flush_buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if self.cuda else None
+        self._sync = torch.cuda.synchronize if self.cuda else None
+        self._event = torch.cuda.Event if self.cuda else None
+
+    def flush(self) -> None:
+        if self.flush_buf is not None:
+            self.flush_buf.zero_()
+
+    def run(self, fn: Callable, buffers: tuple[torch.Tensor, ...], make: Callable[[torch.Generator], tuple],
+            seeds: list[int], keep: list | None) -> dict[str, list[float]]:
+        """Time fn once per seed; outputs go to `keep` when given (for the recheck)."""
+        main, total, host = [], [], []
+        for seed in seeds:
+            fresh = make(generator(seed, self.device))
+            for buf, new in zip(buffers, fresh):
+                buf.copy_(new)
+            del fresh
+            self.flush()
+            if self.cuda:
+                start, end_main, end_all = (self._event(enable_timing=True) for _ in range(3))
+                self._sync()
+                h0 = perf_counter()
+                start.record()
+                out = fn(*buffers)
+                end_main.record()
+                self._sync()
+                end_all.record()
+                end_all.synchronize()
+                h1 = perf_counter()
+                main.append(start.elapsed_time(end_main))
+                total.append(start.elapsed_time(end_all))
+            else:
+                h0 = perf_counter()
+                out = fn(*buffers)
+                h1 = perf_counter()
+                main.append((h1 - h0) * 1e3)
+                total.append((h1 - h0) * 1e3)
+            host.append((h1 - h0) * 1e3)
+            if keep is not None:
+                keep.append(out)
+            del out
+        return {"main_ms": main, "total_ms": total, "host_ms": host}
+
+
+def null(*_inputs):
+    """Does nothing: its timings are the loop's own cost (the sync gap, the host overhead)."""
+    return None
