@@ -5,9 +5,11 @@
 #   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
 #   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json
 #
-# Carried in the working tree, git-ignored: .whl/ (wheels of our pure dependencies for
-# Python 3.12: aiosqlite optuna sqlalchemy alembic colorlog mako watchfiles greenlet),
-# .deb/ (the bubblewrap package) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
+# Carried in the working tree, git-ignored (name them all in every call's carry: an
+# ignored path not carried is removed by the next call, even under a running engine):
+# .whl/ (wheels of our pure dependencies for Python 3.12: aiosqlite optuna sqlalchemy
+# alembic colorlog mako watchfiles greenlet), .bw/ (bubblewrap, `dpkg -x` of its Debian
+# package) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
 # State lives in /tmp/threadlab-session, which outlives one call while the machine stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +17,9 @@ S=/tmp/threadlab-session
 mkdir -p "$S"
 if [ ! -d "$S/site" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
-  dpkg -x .deb/*.deb "$PWD/.bw"   # not under /tmp: the sandbox's /tmp is its own
 fi
+# bwrap must not live under /tmp: inside the sandbox /tmp is its own, and the evaluator
+# starts a nested sandbox from there
 export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$PWD/.gpudata" PYTHONUNBUFFERED=1
 DB="$S/state.db"
 

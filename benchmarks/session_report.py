@@ -4,8 +4,8 @@
 
 Busy fraction: the union of the runs' [started_at, ended_at] intervals per slot over the
 session's window (first run start to last run end), averaged over slots. With
---nvidia-smi (a CSV of `timestamp,utilization.gpu` samples, as
-`nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 1000`
+--nvidia-smi (a CSV whose first two columns are `timestamp,utilization.gpu`, as
+`nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 1000`
 writes) the share of samples in the same window with the GPU above 0% utilisation is
 reported beside it, as a cross-check.
 """
@@ -33,7 +33,7 @@ def gpu_samples(path: Path, start: float, end: float) -> dict:
     utils = []
     for line in path.read_text().splitlines():
         try:
-            stamp, util = (part.strip() for part in line.split(","))
+            stamp, util = (part.strip() for part in line.split(",")[:2])
             t = datetime.datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").replace(
                 tzinfo=datetime.timezone.utc).timestamp()
             value = float(util)

@@ -387,7 +387,7 @@ async def status(show_all: bool, db: Path) -> None:
                 f"{_fmt(base.metric if base else None)}, best {_fmt(best.metric if best else None)}"
                 + (f" at #{best.id} {best.title}" if best else "")
             )
-            slots = config.cpu_slots if config else 0
+            slots = len(await store.engine_slots() or []) or (config.cpu_slots if config else 0)
             console.print(
                 "runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
                 f"; slots busy {counts.get('running', 0) if alive else 0}/{slots}; alerts {alerts}; "

@@ -475,7 +475,8 @@ class LocalExecutor:
         self._closed = False
 
     async def execute(self, req: RunRequest, slot: Slot, on_samples: SampleSink) -> RunOutcome:
-        """Both phases of one Run. Candidate problems come back as FAILED/TIMEOUT outcomes."""
+        """Both phases of one Run. Candidate problems come back as FAILED/TIMEOUT outcomes;
+        this machine's problems (no sandbox binary, a full disk) raise ExecutorError."""
         if req.run_id in self._active:
             raise ExecutorError(f"run {req.run_id} is already executing")
         active = _Active()
@@ -548,8 +549,6 @@ class LocalExecutor:
         env = _clean_env(slot, req)
         started = time.time()  # outcome() reports phase 1's start, not the copying
         first = await self._run_candidate(req, env, run_dir, on_samples, active, extra)
-        if isinstance(first, str):
-            return outcome(RunStatus.FAILED, first)
         extra["run_s"] = round(first.seconds, 3)
         if active.stop is not None:
             return outcome(active.stop, exit_code=first.code)
@@ -563,8 +562,6 @@ class LocalExecutor:
 
         env["THREADLAB_RUN_S"] = repr(first.seconds)
         second = await self._run_evaluator(req, env, run_dir, active)
-        if isinstance(second, str):
-            return outcome(RunStatus.FAILED, second, first.code)
         exit_, data = second
         extra["eval_s"] = round(exit_.seconds, 3)
         if active.stop is not None:
@@ -587,8 +584,8 @@ class LocalExecutor:
 
     async def _run_candidate(self, req: RunRequest, env: dict[str, str], run_dir: Path,
                              on_samples: SampleSink, active: _Active,
-                             extra: dict[str, Any]) -> _Exit | str:
-        """Phase 1. Returns how the candidate ended, or why it could not start."""
+                             extra: dict[str, Any]) -> _Exit:
+        """Phase 1: how the candidate ended. ExecutorError when it cannot be started."""
         work, out = run_dir / "work", run_dir / "out"
         read_fd, write_fd = os.pipe()
         samples = _SampleStream(os.fdopen(read_fd, "rb", buffering=0), on_samples)
@@ -608,8 +605,8 @@ class LocalExecutor:
                     readonly=[*_existing(req.readable), *(str(work / p) for p in req.protected)],
                     hidden=[*req.private_paths, *req.sealed], env=env, stdout=stdout, stderr=stderr,
                     pass_fds=(write_fd,))
-            except OSError as exc:
-                return f"cannot start the candidate {list(req.run_command)}: {exc}"
+            except OSError as exc:  # this machine's fault (sandbox, interpreter), not the candidate's
+                raise ExecutorError(f"cannot start the candidate {list(req.run_command)}: {exc}") from exc
             finally:
                 # Our copy of the write end must go, or the pipe never reaches EOF.
                 os.close(write_fd)
@@ -625,8 +622,8 @@ class LocalExecutor:
                     os.close(fd)
 
     async def _run_evaluator(self, req: RunRequest, env: dict[str, str], run_dir: Path,
-                             active: _Active) -> tuple[_Exit, bytearray] | str:
-        """Phase 2. Returns how the evaluator ended and what it wrote, or why it did not run."""
+                             active: _Active) -> tuple[_Exit, bytearray]:
+        """Phase 2: how the evaluator ended and what it wrote. ExecutorError when it cannot start."""
         eval_dir = run_dir / "eval"
         files = eval_dir / "files"
         try:
@@ -634,7 +631,7 @@ class LocalExecutor:
             eval_dir.mkdir()
             await _copy_tree(req.files_dir, files)
         except (OSError, ExecutorError) as exc:
-            return f"cannot prepare the evaluator's files: {exc}"
+            raise ExecutorError(f"cannot prepare the evaluator's files: {exc}") from exc
         read_fd, write_fd = os.pipe()
         pipe = os.fdopen(read_fd, "rb", buffering=0)
         data = bytearray()
@@ -658,7 +655,7 @@ class LocalExecutor:
                     hidden=req.sealed, env=env, stdout=log_fd,
                     stderr=log_fd, pass_fds=(write_fd,))
             except OSError as exc:
-                return f"cannot start the evaluator {list(req.eval_command)}: {exc}"
+                raise ExecutorError(f"cannot start the evaluator {list(req.eval_command)}: {exc}") from exc
             finally:
                 os.close(write_fd)
                 write_fd = -1

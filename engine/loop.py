@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 MAX_PARENT_RETRIES = 2  # failed measurements of a parent seed before its children give up
+MACHINE_FAILURES_TO_STOP = 3  # runs in a row this machine cannot start before the engine stops
+MACHINE_RETRY_S = 2.0  # a slot whose run could not start waits this long (times the count) first
 
 
 class Executor(Protocol):
@@ -131,6 +133,7 @@ class Engine:
         self._judge_lock = asyncio.Lock()
         self._materialize_locks: dict[int, asyncio.Lock] = {}
         self._elapsed = 0.0
+        self._infra_failures = 0  # runs in a row that this machine could not start
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class Engine:
         await self.store.add_event(
             "info", "engine", f"engine started on task {task.name} (profile {task.profile}) with "
             f"{len(self.executor.slots)} slot(s): {', '.join(s.name for s in self.executor.slots)}",
+            slots=[s.name for s in self.executor.slots],
         )
 
     async def _prepare(self) -> None:
@@ -352,6 +356,10 @@ class Engine:
             if self.draining and not self._run_tasks and not await self.store.next_queued_runs(1, ["baseline", "validate"]):
                 self.stop("research time spent")
 
+    def _release(self, slot: Slot) -> None:
+        self.free_slots.append(slot)
+        self._wake_dispatch.set()
+
     def _run_done(self, task: asyncio.Task[None]) -> None:
         self._run_tasks.discard(task)
         self._wake_dispatch.set()  # a draining engine may be done now
@@ -388,6 +396,7 @@ class Engine:
     async def _execute(self, run: RunRow, slot: Slot, run_dir: Path) -> None:
         task = self.task
         outcome: RunOutcome | None = None
+        broken: Exception | None = None
         try:
             node = await self.store.node(run.node_id)
             if node.status == NodeStatus.QUEUED and run.purpose == RunPurpose.EXPLORE:
@@ -411,13 +420,20 @@ class Engine:
                 await self.store.add_samples(run.id, batch)
 
             outcome = await self.executor.execute(req, slot, on_samples)
+            self._infra_failures = 0
         except (ExecutorError, WorkspaceError, OSError) as exc:
-            now = time.time()
-            outcome = RunOutcome(RunStatus.FAILED, None, None, f"could not start the run: {exc}", now, now)
+            broken = exc
         finally:
             self.running.pop(run.id, None)
-            self.free_slots.append(slot)
-            self._wake_dispatch.set()
+            if broken is None:
+                self._release(slot)
+        if broken is not None:
+            try:
+                await self._machine_failed(run, broken)
+            finally:
+                self._release(slot)
+            return
+        assert outcome is not None
         if outcome.status == RunStatus.INTERRUPTED:
             await self.store.requeue_interrupted([run.id])
             return
@@ -436,6 +452,20 @@ class Engine:
         )
         await self._judge(run.node_id)
         self._wake_plan.set()
+
+    async def _machine_failed(self, run: RunRow, exc: Exception) -> None:
+        """A run this machine could not start (sandbox gone, disk full, ...) is not the
+        candidate's failure: it is queued again, and the engine stops after a few in a row
+        rather than charge every proposal with it."""
+        self._infra_failures += 1
+        message = f"run #{run.id} could not start: {exc}"
+        await self.store.requeue_interrupted([run.id], error=message)
+        await self.store.add_event("error", "machine", message, run=run.id, in_a_row=self._infra_failures)
+        if self._infra_failures >= MACHINE_FAILURES_TO_STOP:
+            self.stop(f"{self._infra_failures} runs in a row could not start on this machine; last: {exc}. "
+                      "Nothing was charged to the candidates; fix the cause, then `threadlab run` resumes")
+            return
+        await asyncio.sleep(MACHINE_RETRY_S * self._infra_failures)  # before this slot takes another run
 
     async def _result_alerts(self, run: RunRow, outcome: RunOutcome) -> list[tuple]:
         """Guards on the evaluator's result: the audits it must report, and result keys far

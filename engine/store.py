@@ -525,7 +525,8 @@ class Store:
             ) as cur:
                 return cur.rowcount
 
-    async def requeue_interrupted(self, run_ids: Sequence[int] | None = None) -> list[int]:
+    async def requeue_interrupted(self, run_ids: Sequence[int] | None = None,
+                                  error: str = "the engine stopped during this run") -> list[int]:
         """Mark running runs interrupted and queue a fresh attempt of each; returns the old ids."""
         now = time.time()
         async with self.write() as db:
@@ -539,9 +540,8 @@ class Store:
                     rows = [RunRow.from_row(r) for r in await cur.fetchall()]
             for r in rows:
                 await db.execute(
-                    "UPDATE runs SET status = 'interrupted', ended_at = ?, error = 'the engine stopped during this run' "
-                    "WHERE id = ?",
-                    (now, r.id),
+                    "UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
+                    (now, error, r.id),
                 )
                 await db.execute(
                     "INSERT INTO runs (node_id, seed, purpose, status, attempt, queued_at) VALUES (?, ?, ?, 'queued', ?, ?)",
@@ -628,6 +628,13 @@ class Store:
                 "INSERT INTO events (t, level, kind, message, data) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), level, kind, message, json.dumps(data)),
             )
+
+    async def engine_slots(self) -> list[str] | None:
+        """The slots of the engine that started last (from its start event), or None."""
+        data = await self.scalar(
+            "SELECT json_extract(data, '$.slots') FROM events WHERE kind = 'engine' "
+            "AND json_extract(data, '$.slots') IS NOT NULL ORDER BY id DESC LIMIT 1")
+        return json.loads(data) if data else None
 
     async def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
         rows = await self.rows("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))

@@ -6,6 +6,7 @@ what state.db shows, through a second (viewer) connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import statistics
@@ -160,7 +161,8 @@ hypothesis = "A subprocess could do the work."
     task = make_task(tmp_path / "bowl", playbook=playbook)
     s = await start_engine(task, threads=2)
     node = (await s.wait(
-        lambda: s.rows("SELECT * FROM nodes WHERE title = 'Shell out' AND status != 'queued'"),
+        lambda: s.rows("SELECT * FROM nodes n WHERE title = 'Shell out' AND status != 'queued' "
+                       "AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.id)"),
         20, "the subprocess idea to be decided"))[0]
     assert node["status"] == "flagged"
     assert node["commit_sha"], "a flagged node keeps its commit, as evidence"
@@ -183,3 +185,26 @@ hypothesis = "A subprocess could do the work."
 async def _all_done(s):
     rows = await s.rows("SELECT * FROM threads")
     return rows if rows and all(t["status"] == "done" for t in rows) else None
+
+
+async def test_runs_the_machine_cannot_start_are_requeued_and_stop_the_engine(bowl, start_engine, monkeypatch):
+    # The sandbox program vanishing mid-session (it happened on a lent GPU machine) must not
+    # fail one proposal after another: nothing is charged to the candidates.
+    import engine.sandbox
+
+    s = await start_engine(bowl, threads=2)
+    await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM nodes WHERE status != 'baseline' AND status != 'queued'"),
+                 30, "a candidate to be running")
+    monkeypatch.setattr(engine.sandbox, "bwrap_path", lambda: "/nonexistent/bwrap")
+    failed_before = await s.scalar("SELECT COUNT(*) FROM nodes WHERE status = 'failed'")
+    reason = await asyncio.wait_for(asyncio.shield(s.task), 60)
+    assert "runs in a row could not start on this machine" in reason and "/nonexistent/bwrap" in reason
+    assert "threadlab run` resumes" in reason
+    assert await s.scalar("SELECT COUNT(*) FROM nodes WHERE status = 'failed'") == failed_before
+    interrupted = await s.rows("SELECT error FROM runs WHERE status = 'interrupted' AND error LIKE '%could not start%'")
+    assert 3 <= len(interrupted) <= 4  # one per slot at most beyond the third
+    assert all("/nonexistent/bwrap" in r["error"] for r in interrupted)
+    events = await s.rows("SELECT message FROM events WHERE kind = 'machine'")
+    assert len(events) == len(interrupted)
+    # each interrupted run has a fresh attempt queued for the next engine
+    assert await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'queued'") >= len(interrupted)

@@ -471,7 +471,11 @@ async def test_crash_reports_exit_code_and_stderr_tail(mode, tmp_path):
 async def test_missing_command_fails_clearly(mode, tmp_path):
     files = make_task(tmp_path, "")
     req = request(tmp_path, files, run_command=("no-such-program-xyz",))
-    out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink())
+    if mode == "none":  # nothing starts at all: this machine's problem, not the candidate's
+        with pytest.raises(ExecutorError, match="cannot start the candidate.*no-such-program-xyz"):
+            await LocalExecutor([SLOT]).execute(req, SLOT, Sink())
+        return
+    out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink())  # bwrap starts, then its exec fails
     assert out.status == RunStatus.FAILED
     assert "no-such-program-xyz" in out.error
 

@@ -338,3 +338,13 @@ async def test_a_failing_write_rolls_back_everything_it_did(tmp_path):
         assert len(await store.events()) == 1
     finally:
         await store.close()
+
+
+async def test_the_slots_are_those_of_the_engine_that_started_last(tmp_path):
+    async with await Store.open(tmp_path / "state.db", writer=True, create=True) as store:
+        assert await store.engine_slots() is None
+        await store.add_event("info", "engine", "engine started ... with 2 slot(s): cpu0, cpu1", slots=["cpu0", "cpu1"])
+        await store.add_event("info", "engine", "engine stopped: test")
+        await store.add_event("info", "engine", "engine started ... with 1 slot(s): gpu0", slots=["gpu0"])
+        await store.add_event("info", "engine", "engine stopped: test")
+        assert await store.engine_slots() == ["gpu0"]
