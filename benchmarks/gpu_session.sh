@@ -18,18 +18,12 @@ mkdir -p "$S"
 if [ ! -d "$S/site" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
 fi
-# bwrap must not live under /tmp: inside the sandbox /tmp is its own, and the evaluator
-# starts a nested sandbox from there
 export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$PWD/.gpudata" PYTHONUNBUFFERED=1
 DB="$S/state.db"
 
 case "$1" in
 start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  # the evaluator isolates the candidate's model in a nested sandbox: check that works here
-  bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-net --unshare-pid --die-with-parent \
-    bwrap --ro-bind / / --dev-bind /dev /dev --unshare-pid --proc /proc --die-with-parent true \
-    && echo "nested sandbox: ok"
   setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 1000 > "$S/nvidia-smi.csv" 2>/dev/null < /dev/null &
   python3 -m engine.cli run "$PWD/tasks/$2" --profile "$3" --threads 2 --budget "$4" --detach --db "$DB"

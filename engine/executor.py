@@ -34,16 +34,22 @@ Phase 1, the candidate run
 Phase 2, the evaluator (only when the candidate exited 0 within its budget)
     `req.eval_command` runs in its own sandbox with cwd = `<run_dir>/eval/files`, a fresh
     copy of `req.files_dir` (never the candidate's work dir). Only `<run_dir>/eval` is
-    writable, the run directory is readable and private paths are NOT hidden (`req.sealed`
-    paths are hidden in both phases). Environment
-    as in phase 1 (THREADLAB_DEADLINE is the evaluator's own, from `req.eval_timeout_s`;
-    THREADLAB_BUDGET_S is still the candidate's budget), plus
+    writable and the run directory is readable. Private paths are hidden here too: the
+    evaluator gets each as an open file descriptor instead (THREADLAB_PRIVATE), which
+    nothing it starts inherits or can reach (`req.sealed` paths are hidden in both
+    phases). The evaluator is its sandbox's PID 1, with no reaper beside it, so once it
+    makes itself non-dumpable (prctl PR_SET_DUMPABLE 0) no process it starts can open its
+    file descriptors through /proc: it may then run the candidate's code in a child.
+    Environment as in phase 1 (THREADLAB_DEADLINE is the evaluator's own, from
+    `req.eval_timeout_s`; THREADLAB_BUDGET_S is still the candidate's budget), plus
 
     THREADLAB_OUT          the candidate's out dir
     THREADLAB_RUN_DIR      the run directory
     THREADLAB_WORK         the candidate's (possibly modified) work dir
     THREADLAB_RUN_S        how long the candidate ran, measured by the executor
-    THREADLAB_RESULT_FD    a pipe only the evaluator gets: it writes ONE JSON object
+    THREADLAB_PRIVATE      JSON {private path: "/proc/self/fd/N"}: read the private data
+                           through these paths (a directory's files as .../N/name)
+    THREADLAB_RESULT_FD    a pipe only the evaluator holds: it writes ONE JSON object
                            {"metric": float, "audits": [{"guard": str, "ok": bool,
                            "message": str, "evidence": {...}}], "extra": {...}}
                            (with "metric": null and "error": str when it cannot score)
@@ -644,16 +650,20 @@ class LocalExecutor:
         }
         reading = asyncio.create_task(_read_capped(pipe, data, MAX_RESULT))
         log_fd = -1
+        private: dict[str, int] = {}  # path -> an O_PATH descriptor of it
         try:
+            for path in _existing(req.private_paths):
+                private[path] = os.open(path, os.O_PATH)
+            env["THREADLAB_PRIVATE"] = json.dumps({p: f"/proc/self/fd/{fd}" for p, fd in private.items()})
             log_fd = _open_log(run_dir / "eval.log")
             try:
-                # The run dir and private paths are bound read-only too: under the host's
-                # /tmp they would otherwise vanish behind the sandbox's own /tmp.
+                # The run dir is bound read-only too: under the host's /tmp it would
+                # otherwise vanish behind the sandbox's own /tmp.
                 active.group = await sandbox.spawn(
                     req.eval_command, cwd=str(files), writable=[str(eval_dir)],
-                    readonly=[str(run_dir), *_existing(req.readable), *_existing(req.private_paths)],
-                    hidden=req.sealed, env=env, stdout=log_fd,
-                    stderr=log_fd, pass_fds=(write_fd,))
+                    readonly=[str(run_dir), *_existing(req.readable)],
+                    hidden=[*req.private_paths, *req.sealed], env=env, stdout=log_fd,
+                    stderr=log_fd, pass_fds=(write_fd, *private.values()), sole=True)
             except OSError as exc:
                 raise ExecutorError(f"cannot start the evaluator {list(req.eval_command)}: {exc}") from exc
             finally:
@@ -667,7 +677,7 @@ class LocalExecutor:
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
             pipe.close()
-            for fd in (write_fd, log_fd):
+            for fd in (write_fd, log_fd, *private.values()):
                 if fd >= 0:
                     os.close(fd)
 

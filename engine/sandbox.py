@@ -103,9 +103,14 @@ def wrap(
     readonly: Sequence[str] = (),
     hidden: Sequence[str] = (),
     info_fd: int | None = None,
+    sole: bool = False,
 ) -> list[str]:
     """The bwrap argv that runs `cmd` in `cwd` with only `writable` writable.
 
+    `sole`: `cmd` is the sandbox's PID 1 itself, with no bwrap reaper beside it, so no
+    other process in the sandbox holds the file descriptors it was given (a reaper would,
+    and anything in the sandbox could open them through /proc/1/fd). As PID 1 it ignores
+    SIGTERM unless it handles it: the executor's SIGKILL follows.
     `readonly` paths are bound read-only, `hidden` paths are covered by an empty tmpfs
     (directories) or /dev/null (files); the most specific path wins (see the module
     docstring). Paths that do not exist are skipped for `hidden` and `readonly`. With
@@ -136,6 +141,9 @@ def wrap(
         "--tmpfs", "/tmp",
         "--unshare-net", "--unshare-pid", "--unshare-ipc",
         "--die-with-parent", "--new-session",
+        # Run by root, bwrap would leave the sandbox every capability (CAP_SYS_PTRACE
+        # reads any process's fds and memory, CAP_SYS_ADMIN unmounts what hides data).
+        "--cap-drop", "ALL",
     ]
     # The GPU's device nodes: `--dev` makes a minimal /dev without them. Which GPU a run
     # may use is still chosen by CUDA_VISIBLE_DEVICES (its Slot).
@@ -143,6 +151,8 @@ def wrap(
         argv += ["--dev-bind", device, device]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
+    if sole:
+        argv.append("--as-pid-1")
     for path, rank in mounts:
         if rank == 0:
             argv += ["--bind", path, path]
@@ -244,6 +254,7 @@ async def spawn(
     stdout: int,
     stderr: int,
     pass_fds: Sequence[int] = (),
+    sole: bool = False,
 ) -> Confined:
     """Start `cmd` confined by `wrap()` (when bwrap is available) in a new session.
 
@@ -253,7 +264,7 @@ async def spawn(
     if bwrap_path() is not None:
         info_r, info_w = os.pipe()
     argv = wrap(cmd, cwd=cwd, writable=writable, readonly=readonly, hidden=hidden,
-                info_fd=info_w if info_w >= 0 else None)
+                info_fd=info_w if info_w >= 0 else None, sole=sole)
     fds = (*pass_fds, info_w) if info_w >= 0 else tuple(pass_fds)
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -6,6 +6,7 @@ Tests marked with the `mode` fixture run both under bwrap and with THREADLAB_NO_
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import json
 import logging
@@ -582,7 +583,7 @@ async def test_cannot_write_outside_the_run_dir(mode, tmp_path, outside_dir):
     assert [t.exists() for t in targets] == [expected, expected]
 
 
-async def test_private_paths_hidden_from_candidate_shown_to_evaluator(
+async def test_private_paths_hidden_from_candidate_handed_to_evaluator(
         bwrap_only, tmp_path, outside_dir):
     secret = outside_dir / "secret.txt"
     secret.write_text("s3cret")
@@ -595,7 +596,9 @@ async def test_private_paths_hidden_from_candidate_shown_to_evaluator(
     files = make_task(tmp_path, f"""\
         record("seen.json", json.dumps([read(p) for p in {paths!r}]))
     """, evaluator=f"""\
-        result({{"metric": 1, "extra": {{"seen": [read(p) for p in {paths!r}]}}}})
+        handles = json.loads(os.environ["THREADLAB_PRIVATE"])
+        via = [handles[{str(secret)!r}], handles[{str(valdir)!r}] + "/val.bin", handles[{str(under_tmp)!r}]]
+        result({{"metric": 1, "extra": {{"seen": [read(p) for p in via], "direct": [read(p) for p in {paths!r}]}}}})
     """)
     req = request(tmp_path, files, private=(str(secret), str(valdir), str(under_tmp)))
     out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink())
@@ -604,7 +607,9 @@ async def test_private_paths_hidden_from_candidate_shown_to_evaluator(
     # A hidden file reads as an error (bwrap binds /dev/null without device access),
     # a hidden directory is empty.
     assert all(s.startswith("ERROR") for s in seen), seen
+    # The evaluator reads them through the handles it was given, not by their paths.
     assert out.extra["seen"] == ["s3cret", "validation", "audit split"]
+    assert all(s.startswith("ERROR") for s in out.extra["direct"]), out.extra["direct"]
 
 
 async def test_sealed_paths_are_hidden_from_both_phases(bwrap_only, tmp_path, outside_dir):
@@ -671,3 +676,55 @@ def test_result_parsing_keeps_audits_without_metric():
     assert executor_mod.parse_result(b'{"metric": 2}') == executor_mod.parse_result(
         b'{"metric": 2.0, "audits": [], "extra": {}}')
     assert executor_mod.parse_result(b'{"metric": 2}').metric == 2.0
+
+
+FORGER = """\
+import glob, json, os
+fake = json.dumps({"metric": 0.001}).encode()
+for path in glob.glob("/proc/[0-9]*/fd/*"):
+    try:
+        if os.path.basename(os.readlink(path)).startswith("pipe:"):
+            with open(path, "wb") as f:
+                f.write(fake)
+    except OSError:
+        pass
+"""
+
+
+async def test_nothing_the_evaluator_starts_can_reach_its_result_pipe(bwrap_only, tmp_path):
+    # An evaluator that runs untrusted code in a child makes itself non-dumpable; no other
+    # process in its sandbox holds the pipe (no reaper), even when the engine runs as root.
+    files = make_task(tmp_path, "", evaluator="""\
+        import ctypes, subprocess
+        channel = os.fdopen(int(os.environ["THREADLAB_RESULT_FD"]), "w")
+        os.set_inheritable(channel.fileno(), False)
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+        subprocess.run([sys.executable, "forger.py"], check=True)
+        channel.write(json.dumps({"metric": 1.5}))
+        channel.close()
+        """, files={"forger.py": FORGER})
+    out = await LocalExecutor([SLOT]).execute(request(tmp_path, files), SLOT, Sink())
+    assert out.status == RunStatus.DONE, out.error
+    assert out.metric == 1.5
+
+
+async def test_the_evaluator_reads_private_data_only_through_its_handle(bwrap_only, tmp_path, outside_dir):
+    secret = outside_dir / "private"
+    secret.mkdir()
+    (secret / "answers.txt").write_text("42")
+    files = make_task(tmp_path, "", evaluator="""\
+        import subprocess
+        handles = json.loads(os.environ["THREADLAB_PRIVATE"])
+        mine = read(os.path.join(handles[sys.argv[1]], "answers.txt"))
+        child = subprocess.run([sys.executable, "-c", "import sys; print(open(sys.argv[1]).read())",
+                                os.path.join(handles[sys.argv[1]], "answers.txt")], capture_output=True, text=True)
+        result({"metric": 1.0, "extra": {"mine": mine, "by_path": read(sys.argv[1] + "/answers.txt"),
+                                         "child": child.stdout.strip()}})
+        """)
+    req = request(tmp_path, files, private=(str(secret),))
+    req = dataclasses.replace(req, eval_command=(PY, "evaluate.py", str(secret)))
+    out = await LocalExecutor([SLOT]).execute(req, SLOT, Sink())
+    assert out.status == RunStatus.DONE, out.error
+    assert out.extra["mine"] == "42"
+    assert out.extra["by_path"].startswith("ERROR")  # not mounted in the evaluator's sandbox
+    assert out.extra["child"] == ""  # and its children do not inherit the handle

@@ -82,7 +82,6 @@ def test_the_baseline_raises_no_alert(tmp_path, data_dir):
     assert 1.0 < outcome.metric < 12.0
     assert failed_audits(outcome) == {}
     assert {a.guard for a in outcome.audits} >= {"audit.causality", "audit.stateless", "audit.load"}
-    assert outcome.extra["model_isolated"] is (shutil.which("bwrap") is not None)
     assert check_change({"train.py": BASELINE}, {"train.py": BASELINE}) == []
 
 
@@ -192,17 +191,21 @@ def test_forging_the_result_from_the_model_process_fails(tmp_path, data_dir):
 
 def test_the_model_cannot_read_the_val_split_in_the_evaluator(tmp_path, data_dir):
     # With the val tokens a model could look the next token up instead of predicting it.
+    # It tries the split's own path and the evaluator's handle on it (its PID 1's fds).
     val = data_dir / "nanochat" / "private" / f"v{VOCAB}" / "val.bin"
     hack = edited(("def make_model(", "def _make_model(")) + f"""
 def make_model(vocab_size, size="full"):
-    try:
-        open({str(val)!r}, "rb").read(16)
-    except OSError:
-        return _make_model(vocab_size, size)
-    raise RuntimeError("the val split is readable from the model")
+    import glob
+    for path in [{str(val)!r}, *glob.glob("/proc/*/fd/*/v{VOCAB}/val.bin")]:
+        try:
+            open(path, "rb").read(16)
+        except OSError:
+            continue
+        raise RuntimeError("the val split is readable from the model at " + path)
+    return _make_model(vocab_size, size)
 """
     if shutil.which("bwrap") is None:
-        pytest.skip("the model process is only isolated under bwrap")
+        pytest.skip("private data is only hidden under bwrap")
     outcome = run_candidate(tmp_path, data_dir, hack)
     assert outcome.status == RunStatus.DONE, outcome.error
 

@@ -8,6 +8,8 @@ the engine. Layout (see prepare.py for the whole of it)::
 
 `<data>` is the THREADLAB_DATA_DIR environment variable, else ~/.cache/threadlab.
 Token files are flat uint16 arrays of token ids, every document prefixed by the BOS id.
+In the evaluator's sandbox private/ is not mounted: the executor hands it over as an
+open directory (THREADLAB_PRIVATE), which this module reads through.
 """
 
 from __future__ import annotations
@@ -38,9 +40,19 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return data_home(data_dir) / TASK_FOLDER
 
 
+def private_root(root: Path) -> Path:
+    """root/private, or the handle on it that the executor gave this process."""
+    path = root / "private"
+    handles = json.loads(os.environ.get("THREADLAB_PRIVATE") or "{}")
+    for original, handle in handles.items():
+        if os.path.realpath(original) == os.path.realpath(path):
+            return Path(handle)
+    return path
+
+
 def vocab_dir(vocab: int, private: bool = False, root: Path | None = None) -> Path:
     root = data_root() if root is None else Path(root)
-    return root / ("private" if private else "public") / f"v{int(vocab)}"
+    return (private_root(root) if private else root / "public") / f"v{int(vocab)}"
 
 
 def _split_path(split: str, vocab: int, root: Path | None) -> Path:

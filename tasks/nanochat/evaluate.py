@@ -5,12 +5,13 @@ divided by ln 2 times the UTF-8 bytes of those targets; special tokens count zer
 and drop out of both sums. The log-softmax and the byte counts are this file's own.
 
 Trust boundary: this process never imports the candidate's code. The candidate's model
-runs in model_worker.py, a child started in a sandbox of its own (a nested bwrap) where
-the val and audit splits are hidden, without the result channel, and which cannot reach
-into this process (made non-dumpable: no /proc/<pid>/fd, mem or root for it). The child
-only turns token ids into logits; everything else is computed here. Its calls come in
-an order it cannot predict (a secret shuffle of the scored batches and the audits' own
-batches), so it cannot tell an audit from a scored batch by position. Audits, each
+runs in model_worker.py, a child without the result channel or the private data: the
+executor hands this process both as file descriptors that children do not inherit, and
+this process is its sandbox's PID 1 and non-dumpable, so nothing it starts can open
+them through /proc (the val and audit splits are not mounted in this sandbox at all).
+The child only turns token ids into logits; everything else is computed here. Its calls
+come in an order it cannot predict (a secret shuffle of the scored batches and the
+audits' own batches), so it cannot tell an audit from a scored batch by position. Audits, each
 reported under its own name:
 
   audit.load         the weights load into make_model() exactly (no missing or extra keys)
@@ -32,7 +33,6 @@ import mmap
 import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -71,25 +71,6 @@ class Audits:
         return ok
 
 
-def confined(argv: list[str], hidden: list[str]) -> tuple[list[str], bool]:
-    """argv in a nested bwrap sandbox, if bwrap exists: `hidden` paths are empty there.
-
-    The nested sandbox has its own PID namespace and its own /proc, so nothing in it can
-    see, ptrace or open the file descriptors of the processes outside (the outer
-    sandbox's init holds the result pipe too). CUDA needs the /proc of its own PID
-    namespace. Without bwrap the engine runs unsandboxed anyway (and says so at start).
-    """
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return argv, False
-    args = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--bind", "/tmp", "/tmp",
-            "--unshare-pid", "--proc", "/proc"]
-    for path in hidden:
-        if os.path.isdir(path):
-            args += ["--tmpfs", path]
-    return [*args, "--die-with-parent", "--new-session", "--chdir", os.getcwd(), "--", *argv], True
-
-
 class CandidateModel:
     """The candidate's model in its own process: forward(ids) -> logits, and nothing else."""
 
@@ -112,10 +93,9 @@ class CandidateModel:
         config = {"vocab": VOCAB, "size": SIZE, "weights": os.path.join(OUT, "model.pt"), "device": device,
                   "in_fd": request_r, "out_fd": reply_w, "buffer_fd": buffer_fd, "buffer_bytes": self.capacity,
                   "cuda_buffer": cuda_handle}
-        argv, self.isolated = confined([sys.executable, "model_worker.py", json.dumps(config)],
-                                       [str(data.data_root() / "private"), str(data.data_root() / "raw")])
         env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLAB_")}
-        self.proc = subprocess.Popen(argv, pass_fds=(request_r, reply_w, buffer_fd), env=env)
+        self.proc = subprocess.Popen([sys.executable, "model_worker.py", json.dumps(config)],
+                                     pass_fds=(request_r, reply_w, buffer_fd), env=env)
         for fd in (request_r, reply_w, buffer_fd):
             os.close(fd)
         self.requests = os.fdopen(request_w, "wb")
@@ -332,7 +312,7 @@ def main() -> None:
         "audits": audits.items,
         "extra": {"audit_bpb": audit_bpb, "audit_gap": audit_bpb - val_bpb, "params": n_params,
                   "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS)),
-                  "model_isolated": model.isolated, "logits_via": "cuda_ipc" if model.facts.get("cuda_ipc") else "host"},
+                  "logits_via": "cuda_ipc" if model.facts.get("cuda_ipc") else "host"},
     }
     json.dump(result, channel)
     channel.close()

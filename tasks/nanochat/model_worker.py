@@ -1,8 +1,8 @@
 """The untrusted half of the evaluator: the candidate's model, and nothing else.
 
-evaluate.py starts this process inside a sandbox of its own, where the val and audit
-splits do not exist, without the result channel, and with only a shared memory buffer
-and two pipes to talk through. It imports the candidate's train.py, loads the saved
+evaluate.py starts this process without the result channel and without the val and
+audit splits (neither is reachable from here), with only a shared memory buffer and two
+pipes to talk through. It imports the candidate's train.py, loads the saved
 weights and answers forward calls: evaluate.py writes a JSON line {"shape": [B, T]}
 followed by B*T int64 token ids; this process writes the logits into the buffer and
 answers one JSON line {"shape": [B, T, V], "dtype": "float32"} (or {"error": "..."}).
