@@ -13,7 +13,9 @@ through it. Rules from DESIGN.md and FIELD-NOTES.md:
   engine may restart, and the file may be replaced (the inode is checked and the
   database reopened);
 - memory stays bounded: only what is shown is loaded (the newest nodes of each thread,
-  the newest alerts and events, the samples of one run, the tail of one run's logs).
+  the newest alerts and events, the samples of one run, the tail of one run's logs);
+- a load costs what changed, not the session's size: the threads' nodes are kept between
+  loads and only the node rows written since are read again (`ThreadNodes`).
 
 Queries the Store's read API does not offer are written here as read-only SELECTs
 through `store.rows()` / `store.scalar()`.
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
-import re
 import sqlite3
 import time
 from collections import OrderedDict
@@ -51,11 +53,11 @@ LOG_TAIL_BYTES = 32 * 1024
 LOG_TAIL_LINES = 200
 DIFF_CACHE = 64  # diffs kept (a node's diff never changes)
 DIFF_MAX_LINES = 3000
+REREAD_S = 5.0  # node rows updated this long before the newest update seen are read again
 
 # node columns the tree needs (not the hypothesis or the origin JSON)
 _NODE_COLUMNS = "id, task_id, thread_id, parent_id, parent2_id, commit_sha, title, status, metric, metric_std, n_runs"
 _FINISHED_RUNS = ("done", "failed", "timeout")
-_ENGINE_SLOTS = re.compile(r"with (\d+) slot")
 
 
 # ---- what a Snapshot holds ---------------------------------------------------------------
@@ -266,6 +268,127 @@ def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+def _node_view(r: sqlite3.Row, best_ids: set[int] | frozenset[int] = frozenset()) -> NodeView:
+    return NodeView(
+        id=r["id"], task_id=r["task_id"], thread_id=r["thread_id"], parent_id=r["parent_id"],
+        parent2_id=r["parent2_id"], has_code=r["commit_sha"] is not None, title=r["title"], status=r["status"],
+        metric=r["metric"], metric_std=r["metric_std"], n_runs=r["n_runs"], is_best=r["id"] in best_ids,
+    )
+
+
+class ThreadNodes:
+    """The newest `limit` nodes of each thread, kept between loads and brought up to date
+    from the node rows written since the last read, so a load costs what changed, not the
+    session's size.
+
+    The engine sets a node's `updated_at` on every write and new nodes get higher ids, so
+    the rows to read again are `updated_at >= newest seen - REREAD_S OR id > highest seen`.
+    The REREAD_S margin catches a write whose timestamp was taken before another's but
+    committed after it; rows read again unchanged change nothing. The safety net for what
+    the deltas cannot see (a wall clock stepped back): each update also reads one thread
+    in full, in turn, so every thread is read again within as many loads as there are
+    threads. Everything is read again at the start and when a node moved to another
+    thread. Nodes are kept without their best/head flags; `view()` sets them and keeps each
+    thread's ordered tuple until its nodes or flags change (the tree skips a thread whose
+    tuple is the one it drew)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept: dict[int, dict[int, NodeView]] = {}  # thread id -> node id -> node (flags unset)
+        self.counts: dict[int, dict[str, int]] = {}  # thread id -> node status -> how many, over all
+        self.mark: tuple[int, float] | None = None  # (highest id, newest updated_at) read; None: read all
+        self.full_reads = 0
+        self._turn = 0  # which thread is read in full next
+        self._ordered: dict[int, tuple[tuple[Any, ...], tuple[NodeView, ...]]] = {}
+
+    async def update(self, store: Store, thread_ids: Sequence[int]) -> set[int]:
+        """Read what changed; the ids of the threads whose nodes or counts changed."""
+        if self.mark is None:
+            return await self._read_all(store)
+        max_id, newest = self.mark
+        rows = await store.rows(f"SELECT {_NODE_COLUMNS}, updated_at FROM nodes WHERE updated_at >= ? OR id > ?",
+                                (newest - REREAD_S, max_id))
+        changed: dict[int, NodeView] = {}
+        for r in rows:
+            n = _node_view(r)
+            if n.id <= max_id and n.id not in self.kept.get(n.thread_id, {}):  # type: ignore[arg-type]
+                if any(n.id in kept for tid, kept in self.kept.items() if tid != n.thread_id):
+                    return await self._read_all(store)  # it moved to another thread
+            if n.thread_id is not None and self.kept.get(n.thread_id, {}).get(n.id) != n:
+                changed[n.id] = n
+        checked = thread_ids[self._turn % len(thread_ids)] if thread_ids else None
+        fresh = {r["id"]: _node_view(r) for r in await store.rows(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE thread_id = ? ORDER BY id DESC LIMIT ?",
+            (checked, self.limit))} if checked is not None else {}
+        threads = {n.thread_id for n in changed.values() if n.thread_id is not None}
+        counts = await self._counts(store, threads | ({checked} if checked is not None else set()))
+        # every read is done: now change what is kept
+        self._turn += 1
+        if rows:
+            self.mark = (max(max_id, *(r["id"] for r in rows)), max(newest, *(r["updated_at"] for r in rows)))
+        for n in sorted(changed.values(), key=lambda n: n.id):
+            kept = self.kept.setdefault(n.thread_id, {})  # type: ignore[arg-type]
+            if n.id in kept or len(kept) < self.limit or n.id > min(kept):  # else an older node, not shown
+                kept[n.id] = n
+                while len(kept) > self.limit:
+                    del kept[min(kept)]
+        if checked is not None and (fresh != self.kept.get(checked, {})
+                                    or counts.get(checked, {}) != self.counts.get(checked, {})):
+            self.kept[checked] = fresh  # read after the deltas: as new as they are, or newer
+            threads.add(checked)
+        for tid in threads:
+            self.counts[tid] = counts.get(tid, {})
+            self._ordered.pop(tid, None)
+        return threads
+
+    async def _read_all(self, store: Store) -> set[int]:
+        mark = await store.row("SELECT (SELECT MAX(id) FROM nodes) AS id, (SELECT MAX(updated_at) FROM nodes) AS t")
+        rows = await store.rows(
+            f"SELECT {_NODE_COLUMNS} FROM (SELECT {_NODE_COLUMNS}, ROW_NUMBER() OVER "
+            "(PARTITION BY thread_id ORDER BY id DESC) AS rn FROM nodes WHERE thread_id IS NOT NULL) "
+            "WHERE rn <= ? ORDER BY id", (self.limit,))
+        counts = await self._counts(store, None)
+        kept: dict[int, dict[int, NodeView]] = {}
+        for r in rows:
+            kept.setdefault(r["thread_id"], {})[r["id"]] = _node_view(r)
+        changed = {tid for tid in kept.keys() | self.kept.keys() | counts.keys() | self.counts.keys()
+                   if kept.get(tid) != self.kept.get(tid) or counts.get(tid) != self.counts.get(tid)}
+        self.kept, self.counts = kept, counts
+        for tid in changed:
+            self._ordered.pop(tid, None)
+        self.mark = (mark["id"] or 0, mark["t"] if mark["t"] is not None else -math.inf) if mark else (0, -math.inf)
+        self.full_reads += 1
+        return changed
+
+    @staticmethod
+    async def _counts(store: Store, threads: set[int] | None) -> dict[int, dict[str, int]]:
+        where = "thread_id IS NOT NULL" if threads is None else f"thread_id IN ({_placeholders(list(threads))})"
+        counts: dict[int, dict[str, int]] = {}
+        for r in await store.rows(f"SELECT thread_id, status, COUNT(*) AS n FROM nodes WHERE {where} "
+                                  "GROUP BY thread_id, status", list(threads or ())):
+            counts.setdefault(r["thread_id"], {})[r["status"]] = r["n"]
+        return counts
+
+    def view(self, thread_id: int, head_id: int | None, best_ids: set[int]) -> tuple[NodeView, ...]:
+        """The thread's kept nodes in lineage order, its head and best flagged. The same tuple
+        as last time while nothing it shows changed."""
+        kept = self.kept.get(thread_id, {})
+        head = head_id if head_id in kept else None
+        best = tuple(sorted(b for b in best_ids if b in kept))
+        flags = (head, best)
+        cached = self._ordered.get(thread_id)
+        if cached is not None and cached[0] == flags:
+            return cached[1]
+        nodes = [replace(n, is_head=n.id == head, is_best=n.id in best) if n.id == head or n.id in best else n
+                 for n in kept.values()]
+        ordered = tuple(lineage_order(nodes))
+        self._ordered[thread_id] = (flags, ordered)
+        return ordered
+
+    def count(self, thread_id: int) -> dict[str, int]:
+        return self.counts.get(thread_id, {})
+
+
 # ---- the source ----------------------------------------------------------------------------
 
 
@@ -302,6 +425,7 @@ class StateSource:
         self._closing: asyncio.Future[None] | None = None
         self._diffs: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._slots_cache: tuple[float | None, int | None] | None = None
+        self._nodes = ThreadNodes(node_limit)  # the threads' nodes, kept between loads
         self._spend_cache: tuple[float, float] = (-1e18, 0.0)
 
     # -- lifecycle
@@ -357,6 +481,7 @@ class StateSource:
     async def _close_store(self) -> None:
         store, self._store, self._inode = self._store, None, None
         self._slots_cache = None
+        self._nodes = ThreadNodes(self.node_limit)  # another database, maybe: read it all again
         if store is not None:
             try:
                 await store.close()
@@ -507,7 +632,7 @@ class StateSource:
         threads = await self._threads(store, best_ids)
         roots = [t.root_node_id for t in tasks if t.root_node_id is not None]
         baselines = tuple(
-            self._node_view(r, best_ids, set())
+            _node_view(r, best_ids)
             for r in (await store.rows(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id IN ({_placeholders(roots)}) "
                                        "ORDER BY id", roots) if roots else [])
         )
@@ -542,45 +667,24 @@ class StateSource:
             ))
         return tuple(out)
 
-    @staticmethod
-    def _node_view(r: sqlite3.Row, best_ids: set[int], head_ids: set[int]) -> NodeView:
-        return NodeView(
-            id=r["id"], task_id=r["task_id"], thread_id=r["thread_id"], parent_id=r["parent_id"],
-            parent2_id=r["parent2_id"], has_code=r["commit_sha"] is not None, title=r["title"], status=r["status"],
-            metric=r["metric"], metric_std=r["metric_std"], n_runs=r["n_runs"], is_best=r["id"] in best_ids,
-            is_head=r["id"] in head_ids,
-        )
-
     async def _threads(self, store: Store, best_ids: set[int]) -> tuple[ThreadView, ...]:
         threads = await store.threads()
+        await self._nodes.update(store, [t.id for t in threads])
         if not threads:
             return ()
-        head_ids = {t.head_node_id for t in threads if t.head_node_id is not None}
-        rows = await store.rows(
-            f"SELECT {_NODE_COLUMNS} FROM (SELECT {_NODE_COLUMNS}, ROW_NUMBER() OVER "
-            "(PARTITION BY thread_id ORDER BY id DESC) AS rn FROM nodes WHERE thread_id IS NOT NULL) "
-            "WHERE rn <= ? ORDER BY id", (self.node_limit,))
-        nodes: dict[int, list[NodeView]] = {}
-        for r in rows:
-            nodes.setdefault(r["thread_id"], []).append(self._node_view(r, best_ids, head_ids))
-        counts: dict[int, dict[str, int]] = {}
-        for r in await store.rows(
-                "SELECT thread_id, status, COUNT(*) AS n FROM nodes WHERE thread_id IS NOT NULL "
-                "GROUP BY thread_id, status"):
-            counts.setdefault(r["thread_id"], {})[r["status"]] = r["n"]
-        heads = list(head_ids)
+        heads = [t.head_node_id for t in threads if t.head_node_id is not None]
         head_metric = {r["id"]: r["metric"] for r in await store.rows(
             f"SELECT id, metric FROM nodes WHERE id IN ({_placeholders(heads)})", heads)} if heads else {}
         out = []
         for t in threads:
-            mine = nodes.get(t.id, [])
-            total = sum(counts.get(t.id, {}).values())
+            nodes = self._nodes.view(t.id, t.head_node_id, best_ids)
+            counts = self._nodes.count(t.id)
+            total = sum(counts.values())
             out.append(ThreadView(
                 id=t.id, task_id=t.task_id, name=t.name, proposer=t.proposer, status=t.status,
                 pinned=bool(t.pinned), note=t.note, head_node_id=t.head_node_id,
                 head_metric=head_metric.get(t.head_node_id), stale_attempts=t.stale_attempts, node_count=total,
-                counts=tuple(sorted(counts.get(t.id, {}).items())), nodes=tuple(lineage_order(mine)),
-                nodes_hidden=max(0, total - len(mine)),
+                counts=tuple(sorted(counts.items())), nodes=nodes, nodes_hidden=max(0, total - len(nodes)),
             ))
         return tuple(out)
 
@@ -613,15 +717,11 @@ class StateSource:
         )
 
     async def _total_slots(self, store: Store, started_at: float | None, config: dict[str, Any]) -> int | None:
-        """Slots of the running engine: from its 'engine started ... with N slot(s)' event
-        (state.db has no slots table); else the session's CPU slots."""
+        """Slots of the running engine (from its start event); else the session's CPU slots."""
         if self._slots_cache is not None and self._slots_cache[0] == started_at:
             return self._slots_cache[1]
-        row = await store.row(
-            "SELECT message FROM events WHERE kind = 'engine' AND message LIKE 'engine started%' "
-            "ORDER BY id DESC LIMIT 1")
-        m = _ENGINE_SLOTS.search(row["message"]) if row else None
-        total = int(m.group(1)) if m else config.get("cpu_slots")
+        slots = await store.engine_slots()
+        total = len(slots) if slots else config.get("cpu_slots")
         self._slots_cache = (started_at, total)
         return total
 

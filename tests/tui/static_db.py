@@ -163,7 +163,7 @@ async def build_static_db(folder: Path, *, runs_dir: bool = True) -> Path:
             ("accepted", "thread t1: #4 Larger step accepted"),
             ("thread", "thread t3: pruned"),
         ]):
-            await store.add_event("info", kind, message)
+            await store.add_event("info", kind, message, **({"slots": ["cpu0", "cpu1"]} if i == 0 else {}))
         # pin every time: the screens must not change from one run to the next
         async with store.write() as w:
             for table, cols in (("tasks", ["created_at"]), ("threads", ["created_at", "updated_at"]),

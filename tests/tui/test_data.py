@@ -239,3 +239,97 @@ def test_the_tui_reads_the_engine_only_through_the_store_and_its_records():
             for name in names:
                 if name.split(".")[0] == "engine":
                     assert name in allowed, f"{path.name} imports {name}"
+
+
+# ---- a load reads what changed, not the whole session ---------------------------------------
+
+
+async def test_a_load_rereads_only_the_changed_nodes_and_keeps_the_other_threads_as_they_were(static_db):
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        before = await source.load()
+        async with await Store.open(static_db, writer=True) as writer:
+            await writer.update_node(3, metric=0.49)  # thread t1
+            new = await writer.add_node(task_id=1, thread_id=2, parent_id=5, commit_sha=None, title="new in t2",
+                                        hypothesis="", origin={}, status=NodeStatus.QUEUED)
+        after = await source.load()
+        assert source._nodes.full_reads == 1  # the first load read everything, the second only the changes
+    assert after.node(3).metric == 0.49 and after.thread(1).nodes != before.thread(1).nodes
+    assert [n.id for n in after.thread(2).nodes] == [5, new, 7]  # lineage order: #new is a child of #5
+    assert after.thread(2).node_count == 3 and after.thread(2).count("queued") == 1
+    # the threads nothing happened to keep the very same nodes (the tree skips them)
+    assert after.thread(3).nodes is before.thread(3).nodes and after.thread(4).nodes is before.thread(4).nodes
+    # the flags survive: #4 is still t1's head and the best node
+    assert [n.id for n in after.thread(1).nodes if n.is_head and n.is_best] == [4]
+
+
+async def test_a_new_head_and_a_new_best_move_their_flags_without_a_node_write(static_db):
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        await source.load()
+        async with await Store.open(static_db, writer=True) as writer:
+            await writer.update_thread(1, head_node_id=6)  # only the thread row changes
+        snap = await source.load()
+        assert [n.id for n in snap.thread(1).nodes if n.is_head] == [6]
+        async with await Store.open(static_db, writer=True) as writer:
+            await writer.update_node(6, status=NodeStatus.ACCEPTED, metric=0.05)
+        snap = await source.load()
+    assert [n.id for n in snap.thread(1).nodes if n.is_best] == [6] and snap.tasks[0].best_node_id == 6
+
+
+async def test_new_nodes_beyond_the_limit_push_the_oldest_out_without_a_full_read(static_db):
+    async with StateSource(static_db, clock=clock, watch=False, node_limit=3) as source:
+        first = await source.load()
+        assert [n.id for n in first.thread(1).nodes] == [4, 6, 9] and first.thread(1).nodes_hidden == 2
+        async with await Store.open(static_db, writer=True) as writer:
+            new = [await writer.add_node(task_id=1, thread_id=1, parent_id=9, commit_sha=None, title=f"x{i}",
+                                         hypothesis="", origin={}, status=NodeStatus.QUEUED) for i in range(2)]
+            await writer.update_node(2, metric=0.31)  # an older node, not shown: only the counts
+        snap = await source.load()
+        assert source._nodes.full_reads == 1
+    t1 = snap.thread(1)
+    assert [n.id for n in t1.nodes] == [9, *new] and t1.nodes_hidden == 4 and t1.node_count == 7
+
+
+async def test_a_write_stamped_before_the_newest_seen_is_still_read(static_db):
+    """A write whose updated_at was taken before another's but committed after it."""
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        await source.load()
+        newest = source._nodes.mark[1]
+        async with await Store.open(static_db, writer=True) as writer, writer.write() as db:
+            await db.execute("UPDATE nodes SET title = 'late', updated_at = ? WHERE id = 3", (newest - 1.0,))
+        assert (await source.load()).node(3).title == "late"
+        assert source._nodes.full_reads == 1
+
+
+async def test_each_thread_is_read_again_in_turn_and_all_when_a_node_moves(static_db):
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        await source.load()
+        # a write stamped far in the past (a clock stepped back): the deltas miss it, t1's turn sees it
+        async with await Store.open(static_db, writer=True) as writer, writer.write() as db:
+            await db.execute("UPDATE nodes SET title = 'stale', updated_at = 0 WHERE id = 3")
+        source._nodes._turn = 1  # t2, t3 and t4 are read in full first, then t1
+        titles = [(await source.load()).node(3).title for _ in range(4)]
+        assert titles == ["Sign descent"] * 3 + ["stale"] and source._nodes.full_reads == 1
+        async with await Store.open(static_db, writer=True) as writer:
+            await writer.update_node(3, thread_id=2)
+        snap = await source.load()
+        assert source._nodes.full_reads == 2
+    assert 3 in [n.id for n in snap.thread(2).nodes] and 3 not in [n.id for n in snap.thread(1).nodes]
+    assert snap.thread(1).node_count == 4 and snap.thread(2).node_count == 3
+
+
+async def test_a_replaced_database_is_read_in_full(static_db, tmp_path):
+    other = await build_static_db(tmp_path / "other")
+    async with await Store.open(other, writer=True) as writer, writer.write() as db:
+        # the same updated_at as in the first file: only a full read sees the new title
+        await db.execute("UPDATE nodes SET title = 'in the other file' WHERE id = 3")
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        await source.load()
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{other}{suffix}").exists():
+                shutil.copy(f"{other}{suffix}", f"{static_db}.new{suffix}")
+        os.replace(f"{static_db}.new", static_db)
+        for suffix in ("-wal", "-shm"):
+            if Path(f"{static_db}.new{suffix}").exists():
+                os.replace(f"{static_db}.new{suffix}", f"{static_db}{suffix}")
+        snap = await source.load()
+    assert source.opens == 2 and snap.node(3).title == "in the other file"
