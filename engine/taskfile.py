@@ -30,8 +30,9 @@ and what is allowed. Example:
     confidence = 0.95
     noise_floor = 0.0
 
-    [profiles.smoke]                      # overrides any of budget/seeds/evaluate + params
+    [profiles.smoke]                      # overrides any of budget/seeds/evaluate/metric + params
     params = { steps = 10 }
+    metric = { name = "smoke_loss" }      # a profile that measures something else names it
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ _TOP_KEYS = {
     "name", "description", "editable", "private", "notes", "default_profile",
     "gpu_profile", "metric", "run", "evaluate", "prepare", "budget", "seeds", "profiles", "guards",
 }
-_PROFILE_KEYS = {"budget", "seeds", "evaluate", "params", "device", "description"}
+_PROFILE_KEYS = {"budget", "seeds", "evaluate", "params", "device", "description", "metric"}
+_METRIC_KEYS = {"name", "direction", "unit"}
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     private_raw = _str_list(doc, "private", where, default=[])
 
     metric = _get(doc, "metric", dict, where, "")
-    _check_keys(metric, {"name", "direction", "unit"}, where, "metric.")
-    direction_raw = _get(metric, "direction", str, where, "metric.")
-    try:
-        direction = Direction(direction_raw)
-    except ValueError:
-        raise _err(where, "metric.direction", f"must be 'minimize' or 'maximize', got {direction_raw!r}") from None
+    _check_keys(metric, _METRIC_KEYS, where, "metric.")
 
     run = _get(doc, "run", dict, where, "")
     evaluate = _get(doc, "evaluate", dict, where, "")
@@ -241,6 +238,7 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     over = profiles.get(chosen, {})
     pw = f"profiles.{chosen}."
     budget_o, seeds_o, eval_o = over.get("budget", {}), over.get("seeds", {}), over.get("evaluate", {})
+    metric_o = _get(over, "metric", dict, where, pw, {})
 
     def pick(base: dict, o: dict, key: str, kind: type, prefix: str, default: Any = ...):
         if key in o:
@@ -253,8 +251,20 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
                                 (guards, {"forbidden", "baseline_relative", "required_audits"}, "guards."),
                                 (budget_o, {"seconds", "grace"}, pw + "budget."),
                                 (seeds_o, {"explore", "validate", "confidence", "noise_floor"}, pw + "seeds."),
-                                (eval_o, {"timeout"}, pw + "evaluate.")):
+                                (eval_o, {"timeout"}, pw + "evaluate."),
+                                (metric_o, _METRIC_KEYS, pw + "metric.")):
         _check_keys(table, keys, where, prefix)
+    # the metric: the profile's name, direction and unit where it gives them, else the task's
+    metric_name = pick(metric, metric_o, "name", str, "metric.")
+    if not metric_name.strip():
+        raise _err(where, (pw if "name" in metric_o else "") + "metric.name", "must not be empty")
+    direction_raw = pick(metric, metric_o, "direction", str, "metric.")
+    try:
+        direction = Direction(direction_raw)
+    except ValueError:
+        raise _err(where, (pw if "direction" in metric_o else "") + "metric.direction",
+                   f"must be 'minimize' or 'maximize', got {direction_raw!r}") from None
+    unit = pick(metric, metric_o, "unit", str, "metric.", "")
     budget_s = pick(budget, budget_o, "seconds", float, "budget.")
     grace_s = pick(budget, budget_o, "grace", float, "budget.", 5.0)
     if budget_s <= 0:
@@ -296,9 +306,9 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         description=_get(doc, "description", str, where, "", ""),
         editable=editable,
         private=private,
-        metric_name=_get(metric, "name", str, where, "metric."),
+        metric_name=metric_name,
         direction=direction,
-        unit=_get(metric, "unit", str, where, "metric.", ""),
+        unit=unit,
         run_command=_command(run, "run", where, params),
         eval_command=_command(evaluate, "evaluate", where, params),
         prepare_command=_command(prepare, "prepare", where, params) if prepare else (),

@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +40,54 @@ TIMING = ("timing.host_clock", "timing.side_stream", "sol.below_sol", "sol.speed
 # the worker's channel carried something other than the protocol (candidate code writing into it)
 CHANNEL = ("runtime.result_channel",)
 ALL_CHECKS = static.CHECKS + CORRECT + guard.CHECKS + CHANNEL + TIMING
+# the directory that holds the kernels package: put on the workers' path explicitly, so they
+# import this very package whether or not threadlab is installed and whatever the caller's
+# PYTHONPATH (a worker runs with -P in a scratch directory)
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GpuGate:
+    """Lets several evaluations share one GPU: start-up, compiling and the correctness checks
+    run side by side (`shared`), timing runs alone (`exclusive`; waiting timers go first, so
+    no new evaluation starts while one waits). While one evaluation times, every other one
+    is either blocked here or idle between requests: its workers wait on their pipes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+_ALONE = GpuGate()  # an evaluation with no gate of its own shares nothing
 
 
 @dataclass(frozen=True)
@@ -59,6 +109,7 @@ class Config:
     call_timeout_s: float = 300.0
     speedup_cap: float = 10.0
     peaks: dict | None = None  # GPU peaks; measured (or read from the cache) when None
+    gate: GpuGate | None = None  # shared by evaluations run in parallel (bench): timing runs alone
 
 
 @dataclass
@@ -106,7 +157,9 @@ class WorkerProcess:
         private_tmp = os.path.join(tmp, f"tmp-{role}")  # Triton writes its ptx and cubin files here
         os.makedirs(private_tmp, exist_ok=True)
         env.update(TRITON_CACHE_DIR=os.path.join(tmp, f"triton-{role}"), TMPDIR=private_tmp,
-                   TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, f"inductor-{role}"), PYTHONUNBUFFERED="1")
+                   TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, f"inductor-{role}"), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join([PACKAGE_ROOT, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                              if p and p != PACKAGE_ROOT)]))
         if mode == "cpu":
             env["TRITON_INTERPRET"] = "1"
         else:
@@ -126,6 +179,7 @@ class WorkerProcess:
             os.close(rep_w)
         self.w, self.r = cmd_w, rep_r
         self.findings: dict[str, list[str]] = {}
+        self.excused: list[str] = []
         self.hello: dict[str, Any] = {}
 
     def wait_hello(self, timeout: float) -> dict[str, Any]:
@@ -148,6 +202,8 @@ class WorkerProcess:
         reply, blobs = channel.recv(self.r, timeout)
         if isinstance(reply.get("findings"), dict):
             self.findings = reply["findings"]
+        if isinstance(reply.get("excused"), list):
+            self.excused = [str(x)[:200] for x in reply["excused"][:20]]
         return reply, blobs
 
     def close(self) -> None:
@@ -213,18 +269,23 @@ class Evaluation:
             self.report.error = f"cannot read the candidate {self.solution}: {exc}"
             return self.report
         self._findings(static.scan(source, self.p.library_ops, os.path.basename(self.solution)))
+        gate = self.cfg.gate or _ALONE
         with tempfile.TemporaryDirectory(prefix="threadlab-kernels-") as tmp:
             workers: list[WorkerProcess] = []
             try:
-                cand = self._start(workers, "candidate", self.solution, tmp)
-                base = None
-                if self.cfg.time_it and self.cfg.mode == "gpu":  # compiles while the candidate is checked
-                    base = self._baseline(workers, tmp)
-                self._hello(cand)
-                if self._correctness(cand) and self.cfg.time_it:
-                    base = base or self._baseline(workers, tmp)
-                    self._hello(base)
-                    self._timing(cand, base)
+                with gate.shared():  # start-up, compiling, checks: other evaluations may run beside
+                    cand = self._start(workers, "candidate", self.solution, tmp)
+                    base = None
+                    if self.cfg.time_it and self.cfg.mode == "gpu":  # compiles while the candidate is checked
+                        base = self._baseline(workers, tmp)
+                    self._hello(cand)
+                    timed = self._correctness(cand) and self.cfg.time_it
+                    if timed:
+                        base = base or self._baseline(workers, tmp)
+                        self._hello(base)  # compiled before the GPU is ours alone
+                if timed:
+                    with gate.exclusive():
+                        self._timing(cand, base)
                 cand.request({"op": "status"}, self.cfg.call_timeout_s)
                 self._worker_findings(cand)
             except CandidateError as exc:
@@ -237,8 +298,11 @@ class Evaluation:
             finally:
                 if workers:
                     self._worker_findings(workers[0])
-                for w in workers:
-                    w.close()
+                    if workers[0].excused:  # a claim of the worker's, shown, never trusted
+                        self.report.extra["triton_excused"] = workers[0].excused
+                with gate.shared():  # a worker's exit frees GPU memory: not while another times
+                    for w in workers:
+                        w.close()
         if self.report.error:
             self.report.metric = None
         return self.report

@@ -23,6 +23,7 @@ VARIANTS = ROOT / "variants"
 KNOB_RANGES = {
     "LOG2_WARPS": (1, 4), "NUM_STAGES": (1, 5), "GROUP_M": (1, 16), "LOG2_BLOCK_M": (4, 8),
     "LOG2_BLOCK_N": (4, 8), "LOG2_BLOCK_K": (4, 7), "LOG2_BLOCK": (8, 14), "LOG2_BLOCK_H": (6, 12),
+    "LOG2_SEGMENT": (12, 17),
 }
 KNOB_OVERRIDES = {("gqa_attention", "LOG2_BLOCK_M"): (4, 7), ("gqa_attention", "LOG2_BLOCK_N"): (4, 7)}
 
@@ -62,6 +63,8 @@ required_audits = [{audits}]
 [profiles.cpu]
 description = "CPU: TRITON_INTERPRET=1 at the tiny size. Correctness is real; the metric is the interpreter's time against eager PyTorch on the CPU and says nothing about GPU speed"
 device = "cpu"
+# not the SOL score: S's formula with T_SOL = 0, the interpreter against eager PyTorch on the CPU
+metric = {{ name = "cpu_interpreter_score", direction = "maximize", unit = "S_cpu" }}
 budget = {{ seconds = 120, grace = 10 }}
 evaluate = {{ timeout = 300 }}
 params = {{ mode = "cpu", iters = 20, warmup = 2, interleave = 2 }}

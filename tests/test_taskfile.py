@@ -88,6 +88,41 @@ def test_profile_overrides_apply(task):
     assert load_task(task).budget_s == 10
 
 
+def test_a_profile_can_name_its_own_metric(task):
+    with open(task / "task.toml", "a") as f:
+        f.write('\n[profiles.check]\nmetric = { name = "check_score", direction = "maximize", unit = "S" }\n'
+                '\n[profiles.renamed]\nmetric = { name = "smoke_loss" }\n')
+    check = load_task(task, "check")
+    assert (check.metric_name, check.direction, check.unit) == ("check_score", Direction.MAXIMIZE, "S")
+    assert check.better(2.0, 1.0)  # the profile's direction, not the task's
+    renamed = load_task(task, "renamed")  # what it does not name comes from [metric]
+    assert renamed.metric_name == "smoke_loss" and renamed.direction is Direction.MINIMIZE
+    assert renamed.unit == load_task(task).unit
+    assert load_task(task).metric_name == "loss"
+
+
+@pytest.mark.parametrize(
+    "override, field, allowed",
+    [
+        ('metric = { direction = "up" }', "profiles.bad.metric.direction", "'minimize' or 'maximize'"),
+        ('metric = { nme = "x" }', "profiles.bad.metric.nme", "is not known; allowed: direction, name, unit"),
+        ("metric = { name = 3 }", "profiles.bad.metric.name", "must be str"),
+        ('metric = { name = " " }', "profiles.bad.metric.name", "must not be empty"),
+        ("metric = { unit = false }", "profiles.bad.metric.unit", "must be str"),
+        ('metric = "x"', "profiles.bad.metric", "must be dict"),
+    ],
+)
+def test_a_bad_profile_metric_is_named(task, override, field, allowed):
+    with open(task / "task.toml", "a") as f:
+        f.write(f"\n[profiles.bad]\n{override}\n")
+    with pytest.raises(TaskError) as info:
+        load_task(task, "bad")
+    message = str(info.value)
+    assert f"`{field}`" in message and allowed in message, message
+    assert "\n" not in message and info.value.hint
+    load_task(task)  # another profile is not affected
+
+
 def test_find_task_by_path_and_unknown_name(task):
     assert find_task(str(task)) == task.resolve()
     with pytest.raises(TaskError, match="no task named 'nope'"):

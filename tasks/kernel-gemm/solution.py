@@ -5,8 +5,14 @@ import torch
 import triton
 import triton.language as tl
 
+# Hopper defaults: Triton's matmul tutorial's first Hopper configuration, 128x256x64 tiles,
+# 8 warps (two warpgroups, each a 64x256 wgmma accumulator: 128 fp32 registers a thread),
+# 3 stages of A and B in shared memory (3 x 48 KB = 144 KB of the H100's 228 KB), grouped
+# launch order (GROUP_M = 8) so tiles that share A rows and B columns run together and hit
+# in L2. The first H100 run had 128x128: 349 us at 4096^3 against cuBLAS's 257 us; the
+# wider tile halves the A-tile loads per FLOP and gives wgmma its largest N.
 LOG2_BLOCK_M = 7
-LOG2_BLOCK_N = 7
+LOG2_BLOCK_N = 8
 LOG2_BLOCK_K = 6
 GROUP_M = 8
 LOG2_WARPS = 3

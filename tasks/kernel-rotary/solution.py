@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+# One program per position rotates all its heads, so cos and sin are read once per position.
 LOG2_WARPS = 2
 
 

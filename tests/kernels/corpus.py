@@ -16,7 +16,13 @@ CORPUS = {
     "result_channel": ("rmsnorm", {"runtime.result_channel"}, False),
     "stale_output": ("rmsnorm", {"correct.finite", "correct.match"}, False),
     "side_stream": ("rmsnorm", {"timing.side_stream"}, True),
+    # what Triton does on a GPU launch (gcc, ptxas, cache writes) is excused only on its own path
+    "subprocess_call": ("rmsnorm", {"runtime.process"}, False),
+    "triton_build": ("rmsnorm", {"runtime.process"}, False),
+    "cache_poison": ("rmsnorm", {"runtime.file_access"}, False),
+    "launch_hook": ("rmsnorm", {"runtime.patched"}, False),
 }
 # the static scan catches these too, before anything runs
 STATIC = {"background_thread": "static.threads", "patched_timer": "static.patching",
-          "result_channel": "static.result_channel", "side_stream": "static.side_stream"}
+          "result_channel": "static.result_channel", "side_stream": "static.side_stream",
+          "subprocess_call": "static.process"}

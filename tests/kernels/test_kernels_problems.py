@@ -39,6 +39,53 @@ def test_the_shipped_solution_is_correct_under_the_interpreter(name, load_soluti
             assert all(checks.unchanged(a, b) for a, b in zip(inputs, pristine))
 
 
+def _check(p, solution, shape, seed=1):
+    inputs = p.make_inputs(shape, generator(seed, "cpu"), "cpu", torch.float32)
+    outs, refs = as_tuple(solution(*inputs)), as_tuple(p.reference(*[x.clone() for x in inputs]))
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape and checks.compare(o, r, p.tolerance(r.dtype, "cpu"), str(shape)) == []
+
+
+def test_the_argmax_two_stage_path_is_correct_under_the_interpreter(load_solution):
+    """The timed rows are long enough for segments and a combine; the CPU shapes are not:
+    small segments make them take that path (a padded segment count included)."""
+    p, module = problems()["argmax"], load_solution(SOLUTIONS / "argmax.py")
+    module.LOG2_BLOCK, module.LOG2_SEGMENT = 5, 6  # 300 columns: 5 segments, padded to 8
+    for shape in ({"M": 13, "N": 300}, {"M": 3, "N": 256}, {"M": 2, "N": 65}):
+        _check(p, module.solution, shape)
+    x = torch.zeros(2, 300)
+    x[0, [70, 7, 299]] = 5.0  # ties across segments: the first index wins
+    x[1, [128, 64]] = 3.0
+    assert module.solution(x).tolist() == [7, 64]
+
+
+def test_the_attention_gpu_path_is_correct_under_the_interpreter(load_solution):
+    """The GPU's loop (runtime bounds: unmasked blocks left of the diagonal, masked ones on
+    it) cannot run in the interpreter as written; with `range` taking the interpreter's
+    scalars it does, and must agree with the reference, block sizes either way round."""
+    import builtins
+
+    import numpy as np
+    import triton
+
+    p, module = problems()["gqa_attention"], load_solution(SOLUTIONS / "gqa_attention.py")
+
+    def scalar(x):
+        return int(np.asarray(x.handle.data).reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+    module._attention.fn.__globals__["range"] = lambda *a: builtins.range(*map(scalar, a))
+    for shape, (bm, bn) in (({"B": 1, "Hq": 4, "Hkv": 2, "T": 77, "D": 16}, (32, 16)),
+                            ({"B": 1, "Hq": 2, "Hkv": 1, "T": 64, "D": 16}, (16, 32)),
+                            ({"B": 2, "Hq": 4, "Hkv": 1, "T": 130, "D": 32}, (64, 32))):
+        q, k, v = p.make_inputs(shape, generator(3, "cpu"), "cpu", torch.float32)
+        o = torch.empty_like(q)
+        b, hq, t, d = q.shape
+        module._attention[(triton.cdiv(t, bm), b * hq)](
+            q, k, v, o, 1.4426950408889634 / d ** 0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *o.stride()[:3], T=t, HQ=hq, GROUP=hq // k.shape[1], D=d, BM=bm, BN=bn, RUNTIME_BOUND=True)
+        assert checks.compare(o, p.reference(q, k, v), p.tolerance(torch.float32, "cpu"), str(shape)) == []
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_static_scan_finds_nothing_in_the_shipped_solution(name):
     p = problems()[name]
@@ -69,7 +116,9 @@ def test_the_task_folders_load_with_their_playbooks():
     for p in problems().values():
         for profile in ("cpu", "gpu"):
             task = load_task(tasks.tasks_dir() / f"kernel-{p.name}", profile)
-            assert task.metric_name == "sol_score" and task.direction.value == "maximize"
+            # the CPU profile's number is not a SOL score and is not called one
+            want = "sol_score" if profile == "gpu" else "cpu_interpreter_score"
+            assert task.metric_name == want and task.direction.value == "maximize"
         playbook = load_playbook(task)
         code = {"solution.py": (task.path / "solution.py").read_text()}
         assert playbook.knobs and all(k.current(code) is not None for k in playbook.knobs)
@@ -101,3 +150,17 @@ def test_a_time_below_the_speed_of_light_is_audited_not_celebrated():
     assert not ev.report.audits["sol.below_sol"]["ok"]
     assert not ev.report.audits["sol.speedup"]["ok"]  # 200x the baseline: flagged for a person
     assert math.isfinite(row["speedup"])
+
+
+def test_every_playbook_idea_applies_to_the_shipped_solution():
+    """A variant's SEARCH text must be in the solution (once) when its edits are applied in
+    order, or the search proposer's idea is refused on every try."""
+    import tomllib
+
+    for path in sorted(tasks.VARIANTS.glob("*.toml")):
+        code = (SOLUTIONS / f"{path.stem}.py").read_text()
+        for idea in tomllib.loads(path.read_text())["idea"]:
+            text = code
+            for edit in idea["edit"]:
+                assert text.count(edit["search"]) == 1, f"{path.name}: idea {idea['id']} does not apply"
+                text = text.replace(edit["search"], edit["replace"])
