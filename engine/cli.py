@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import SessionConfig, parse_duration, parse_proposers
+from engine.config import SessionConfig, parse_duration, parse_proposers, threads_for
 from engine.errors import NotFound, ThreadlabError
 from engine.models import CommandKind
 from engine.store import Store
@@ -70,8 +70,10 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("task", required=False, default=DEFAULT_TASK)
-@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
-@click.option("--proposer", default="search", show_default=True, help="NAME or NAME:COUNT,NAME:COUNT")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="research threads (default: the sum of the --proposer counts, else 2)")
+@click.option("--proposer", default="search", show_default=True,
+              help="NAME or NAME:COUNT,NAME:COUNT: search, claude, watch (e.g. claude:2,search:2)")
 @click.option("--budget", default=None, help="research time, e.g. 60s, 30m, 8h (default: until stopped)")
 @click.option("--profile", default=None, help="task profile (default: the task's GPU profile on a GPU, else its default)")
 @click.option("--slots", "cpu_slots", type=click.IntRange(1, 1024), default=2, show_default=True,
@@ -81,12 +83,26 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-tui", is_flag=True, help="print progress lines instead of opening the TUI")
 @click.option("--detach", is_flag=True, help="start the engine and return at once")
+@click.option("--claude-model", default=None, help="claude threads: the model (default: claude-sonnet-5-5)")
+@click.option("--claude-max-tokens", type=click.IntRange(1), default=None, help="claude threads: max_tokens")
+@click.option("--claude-temperature", type=click.FloatRange(0, 1), default=None,
+              help="claude threads: temperature (default: the model's own; current models refuse others)")
+@click.option("--spend-cap", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="claude threads: pause proposing once the session has spent this many US dollars")
+@click.option("--claude-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML: [claude] settings, [claude.threads.t1] per thread, [prices.\"MODEL\"]")
+@click.option("--claude-prices", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML price table ([prices.\"MODEL\"], USD per million tokens) over the built-in one")
 @_db_option
-def run(task: str, threads: int, proposer: str, budget: str | None, profile: str | None, cpu_slots: int,
-        patience: int, seed: int, no_tui: bool, detach: bool, db: Path) -> None:
+def run(task: str, threads: int | None, proposer: str, budget: str | None, profile: str | None, cpu_slots: int,
+        patience: int, seed: int, no_tui: bool, detach: bool, claude_model: str | None,
+        claude_max_tokens: int | None, claude_temperature: float | None, spend_cap: float | None,
+        claude_config: Path | None, claude_prices: Path | None, db: Path) -> None:
     """Start a research session on TASK in the background and follow it."""
     db = db.resolve()
-    asyncio.run(_start_session(task, threads, proposer, budget, profile, cpu_slots, patience, seed, db))
+    claude = dict(config_file=claude_config, prices_file=claude_prices, model=claude_model,
+                  max_tokens=claude_max_tokens, temperature=claude_temperature, spend_cap_usd=spend_cap)
+    asyncio.run(_start_session(task, threads, proposer, budget, profile, cpu_slots, patience, seed, db, claude))
     if detach:
         _print_follow_hint(db)
     elif not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
@@ -96,9 +112,18 @@ def run(task: str, threads: int, proposer: str, budget: str | None, profile: str
         asyncio.run(_follow(db))
 
 
-async def _start_session(task: str, threads: int, proposer: str, budget: str | None, profile: str | None,
-                         cpu_slots: int, patience: int, seed: int, db: Path) -> None:
+async def _start_session(task: str, threads: int | None, proposer: str, budget: str | None, profile: str | None,
+                         cpu_slots: int, patience: int, seed: int, db: Path,
+                         claude: dict[str, Any] | None = None) -> None:
     """Store the session in the database and start its engine detached."""
+    proposers = parse_proposers(proposer, threads or 0)
+    threads = threads_for(proposers, threads)
+    extra: dict[str, Any] = {}
+    if any(name == "claude" for name, _ in proposers):
+        from engine.proposers.claude import build_claude_extra, check_claude_session
+
+        extra["claude"] = build_claude_extra(**(claude or {}))
+        check_claude_session(extra)
     folder = find_task(task)
     if profile is None:
         spec = load_task(folder)
@@ -108,8 +133,9 @@ async def _start_session(task: str, threads: int, proposer: str, budget: str | N
 
     load_playbook(spec)  # a broken playbook is said here, not in the engine's log
     config = SessionConfig(
-        task=str(spec.path), profile=spec.profile, threads=threads, proposers=parse_proposers(proposer, threads),
+        task=str(spec.path), profile=spec.profile, threads=threads, proposers=proposers,
         budget_s=parse_duration(budget) if budget else None, cpu_slots=cpu_slots, patience=patience, seed=seed,
+        extra=extra,
     )
     async with await Store.open(db, writer=True, create=True) as store:
         alive = await store.engine_alive()
@@ -341,6 +367,34 @@ async def merge(node: int, other: int, db: Path) -> None:
     await _send(db, CommandKind.MERGE, {"node": node, "other": other})
 
 
+@cli.command()
+@click.argument("thread", type=int)
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@_db_option
+def watch(thread: int, folder: Path, db: Path) -> None:
+    """Check THREAD's head out into DIR; every save there is proposed, results in DIR/RESULTS.md."""
+    from engine.proposers.watch import watch_folder
+
+    db = db.resolve()
+
+    def say(level: str, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if level == "error":
+            err_console.print(f"{stamp} error: {line}", markup=False)
+        else:
+            console.print(f"{stamp} {line}", markup=False)
+
+    async def main() -> None:
+        if not db.exists():
+            raise ThreadlabError(f"no database at {db}", hint="pass --db with the session's state.db")
+        await watch_folder(db, run_root(db), thread, folder, say)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("stopped watching; the thread goes back to its own proposer")
+
+
 # ---- reading ---------------------------------------------------------------------------
 
 
@@ -393,6 +447,18 @@ async def status(show_all: bool, db: Path) -> None:
                 f"; slots busy {counts.get('running', 0) if alive else 0}/{slots}; alerts {alerts}; "
                 f"accepted {sum(n.status == 'accepted' for n in nodes.values())}"
             )
+            spent = await store.spent_usd(task.id)
+            priced = await store.scalar(
+                "SELECT COUNT(*) FROM nodes WHERE task_id = ? AND json_extract(origin, '$.cost_usd') IS NOT NULL",
+                (task.id,))
+            if priced or spent:
+                cap = ((config.extra.get("claude") or {}).get("spend_cap_usd") if config else None)
+                hours = session[1] / 3600 if session and session[1] > 0 else 0
+                console.print(
+                    f"spend: ${spent:.2f} on {priced} proposal(s)"
+                    + (f", ${spent / priced:.3f} each" if priced else "")
+                    + (f", ${spent / hours:.2f} per research hour" if hours >= 0.01 else "")
+                    + (f"; cap ${cap:.2f}" if cap else "; no cap"))
             threads = await store.threads(task.id)
             shown = [t for t in threads if show_all or t.pinned or t.status in ("running", "paused")]
             table = Table("id", "thread", "proposer", "status", "pin", "head", "head metric", "nodes", "stale", "note")

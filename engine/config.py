@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.errors import ThreadlabError
 
-PROPOSERS = ("search",)
+PROPOSERS = ("search", "claude", "watch")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,16 @@ def parse_proposers(spec: str, threads: int) -> tuple[tuple[str, int], ...]:
             hint="raise --threads or lower the counts",
         )
     return tuple(out)
+
+
+def threads_for(proposers: tuple[tuple[str, int], ...], threads: int | None) -> int:
+    """--threads, or when it is not given: the sum of the spec's counts (claude:2,search:2 -> 4),
+    or 2 when a proposer takes "the rest"."""
+    if threads is not None:
+        return threads
+    if proposers and all(count > 0 for _, count in proposers):
+        return sum(count for _, count in proposers)
+    return max(2, sum(count for _, count in proposers) + 1) if any(c for _, c in proposers) else 2
 
 
 def parse_duration(text: str) -> float:

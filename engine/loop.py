@@ -45,7 +45,7 @@ from engine.models import (
     Slot,
     ThreadStatus,
 )
-from engine.proposers.base import Attempt, LessonView, ProposalContext, Proposer
+from engine.proposers.base import Attempt, LessonView, ProposalContext, Proposer, ProposerError
 from engine.records import NodeRow, RunRow, ThreadRow
 from engine.stats import compare
 from engine.store import Store
@@ -58,6 +58,7 @@ ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 MAX_PARENT_RETRIES = 2  # failed measurements of a parent seed before its children give up
 MACHINE_FAILURES_TO_STOP = 3  # runs in a row this machine cannot start before the engine stops
 MACHINE_RETRY_S = 2.0  # a slot whose run could not start waits this long (times the count) first
+PROPOSER_FAILURES_TO_PAUSE = 3  # failed proposals in a row (after the SDK's own retries) before a thread pauses
 
 
 class Executor(Protocol):
@@ -79,13 +80,38 @@ def _repo_path(path: str) -> str:
         return path  # an absolute or escaping path is outside the editable files too
 
 
-def make_proposer(name: str, task: TaskSpec, seed: int) -> Proposer:
+def make_proposer(name: str, task: TaskSpec, seed: int, *, config: SessionConfig | None = None,
+                  run_root: Path | None = None) -> Proposer:
     if name == "search":
         from engine.playbook import load_playbook
         from engine.proposers.search import SearchProposer
 
         return SearchProposer(load_playbook(task), seed=seed)
-    raise ThreadlabError(f"unknown proposer {name!r}", hint="available: search")
+    if name == "claude":
+        from engine.proposers.claude import ClaudeProposer
+
+        return ClaudeProposer.from_extra(config.extra if config is not None else {})
+    if name == "watch":
+        from engine.proposers.watch import WatchProposer
+
+        if run_root is None:
+            raise ThreadlabError("the watch proposer needs the engine's run directory")
+        return WatchProposer(run_root)
+    from engine.config import PROPOSERS
+
+    raise ThreadlabError(f"unknown proposer {name!r}", hint=f"available: {', '.join(PROPOSERS)}")
+
+
+def _tail_text(path: Path, lines: int = 40, limit: int = 64_000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.strip().splitlines()[-lines:])
 
 
 def idea_of(origin: dict[str, Any], title: str) -> str:
@@ -134,6 +160,16 @@ class Engine:
         self._materialize_locks: dict[int, asyncio.Lock] = {}
         self._elapsed = 0.0
         self._infra_failures = 0  # runs in a row that this machine could not start
+        # Proposals are made concurrently, one at a time per Thread: a slow proposer (Claude,
+        # a person) never holds up the others.
+        self._proposing: dict[int, asyncio.Task[None]] = {}  # thread id -> its proposal under way
+        self._propose_after: dict[int, float] = {}  # thread id -> monotonic time it may ask again
+        self._proposer_failures: dict[int, int] = {}  # thread id -> failed proposals in a row
+        self._watched: dict[int, str] = {}  # thread id -> the folder a watcher edits
+        self._watch: Proposer | None = None
+        # Held from a proposal's last look at its thread's status until its node is added, and
+        # while a command is carried out: a pause or prune never lands in between.
+        self._thread_state_lock = asyncio.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -240,8 +276,8 @@ class Engine:
         for node in nodes:  # decisions a crash may have cut short
             if node.status in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING):
                 await self._judge(node.id)
-        for name in {self.config.proposer_for(i) for i in range(max(self.config.threads, 1))}:
-            self.proposers[name] = make_proposer(name, task, self.config.seed)
+        for name in sorted({self.config.proposer_for(i) for i in range(max(self.config.threads, 1))}):
+            self.proposers[name] = self._make_proposer(name)
         attempts = [self._attempt(n) for n in nodes if n.status not in (NodeStatus.QUEUED, NodeStatus.RUNNING)]
         for proposer in self.proposers.values():
             warm = getattr(proposer, "warm_start", None)
@@ -278,6 +314,15 @@ class Engine:
                 ("THREADLAB_TASK_DIR", str(task.path)), ("THREADLAB_DATA_DIR", str(task.data_dir)))
 
     async def _shutdown(self) -> None:
+        proposing = list(self._proposing.values())
+        for task in proposing:
+            task.cancel()
+        await asyncio.gather(*proposing, return_exceptions=True)
+        for proposer in {id(p): p for p in [*self.proposers.values(), self._watch] if p is not None}.values():
+            close = getattr(proposer, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
         await self.executor.shutdown()
         if self._run_tasks:
             _, stuck = await asyncio.wait(self._run_tasks, timeout=10)
@@ -315,7 +360,8 @@ class Engine:
                     self.stop("stopped by command")
                     return
                 try:
-                    result = await self._carry_out(CommandKind(cmd.kind), cmd.args)
+                    async with self._thread_state_lock:
+                        result = await self._carry_out(CommandKind(cmd.kind), cmd.args)
                     await self.store.finish_command(cmd.id, True, result)
                 except ThreadlabError as exc:
                     await self.store.finish_command(cmd.id, False, str(exc))
@@ -328,14 +374,19 @@ class Engine:
 
     async def _plan_loop(self) -> None:
         lookahead = math.ceil(len(self.executor.slots) / max(1, self.config.threads)) + 1
-        while True:
+        # Not `while True`: Python 3.11's wait_for can swallow a cancel that lands while the
+        # event it waits on is set (a proposal finishing as the engine stops).
+        while not self._stop.is_set():
             if not self.draining:
                 for thread in await self.store.threads(self.task_id):
-                    if thread.status != ThreadStatus.RUNNING or self._stop.is_set():
+                    if thread.status != ThreadStatus.RUNNING or self._stop.is_set() or thread.id in self._proposing:
+                        continue
+                    if time.monotonic() < self._propose_after.get(thread.id, 0.0):
                         continue
                     if len(await self.store.open_nodes(thread.id)) < lookahead:
-                        await self._propose(thread)
-                        self._wake_plan.set()  # maybe more to prepare
+                        task = asyncio.create_task(self._guarded(self._propose(thread), f"proposer of {thread.name}"))
+                        self._proposing[thread.id] = task
+                        task.add_done_callback(lambda _t, tid=thread.id: self._proposal_done(tid))
             try:
                 await asyncio.wait_for(self._wake_plan.wait(), timeout=1.0)
             except TimeoutError:
@@ -355,6 +406,10 @@ class Engine:
                     await self._start_run(run)
             if self.draining and not self._run_tasks and not await self.store.next_queued_runs(1, ["baseline", "validate"]):
                 self.stop("research time spent")
+
+    def _proposal_done(self, thread_id: int) -> None:
+        self._proposing.pop(thread_id, None)
+        self._wake_plan.set()  # maybe more to prepare
 
     def _release(self, slot: Slot) -> None:
         self.free_slots.append(slot)
@@ -698,7 +753,7 @@ class Engine:
         assert self.ws is not None and at.commit_sha
         await asyncio.to_thread(self.ws.set_branch, thread.branch, at.commit_sha)
         if proposer not in self.proposers:
-            self.proposers[proposer] = make_proposer(proposer, self.task, self.config.seed)
+            self.proposers[proposer] = self._make_proposer(proposer)
         self._wake_plan.set()
         return thread
 
@@ -742,6 +797,9 @@ class Engine:
             LessonView(les.idea, les.effect, bool(les.positive), les.confidence, les.node_id)
             for les in await self.store.lessons(self.task_id)
         ]
+        alerts = await self.store.rows(
+            "SELECT a.node_id, a.guard, a.message FROM alerts a JOIN nodes n ON n.id = a.node_id "
+            "WHERE n.task_id = ? ORDER BY a.id DESC LIMIT 50", (self.task_id,))
         return ProposalContext(
             task=self.task, thread_id=thread.id, head_id=head.id, head_metric=head.metric, head_files=head_files,
             lineage=tuple(reversed(lineage)), attempts=tuple(self._attempt(n) for n in nodes),
@@ -754,29 +812,106 @@ class Engine:
                 n.origin for n in nodes
                 if n.parent_id == head.id and n.status in (NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.VALIDATING)
             ),
+            thread_name=thread.name,
+            alerts=tuple((a["node_id"], a["guard"], a["message"]) for a in alerts),
+            spent_usd=await self.store.spent_usd(self.task_id),
+            inspect_node=self.node_report,
         )
+
+    def _make_proposer(self, name: str) -> Proposer:
+        if name == "search":  # the tests replace make_proposer with a three-argument one
+            return make_proposer(name, self.task, self.config.seed)
+        if name == "watch":
+            return self._watch_proposer()
+        return make_proposer(name, self.task, self.config.seed, config=self.config, run_root=self.run_root)
+
+    def _watch_proposer(self) -> Proposer:
+        if self._watch is None:
+            self._watch = make_proposer("watch", self.task, self.config.seed, config=self.config,
+                                        run_root=self.run_root)
+        return self._watch
+
+    async def _proposer_of(self, thread: ThreadRow) -> Proposer | None:
+        """The thread's proposer, or the watch proposer while a watcher edits its head."""
+        from engine.proposers.watch import read_watcher
+
+        watcher = read_watcher(self.run_root, thread.id)
+        folder = str(watcher.get("dir", "")) if watcher else None
+        if folder != self._watched.get(thread.id):
+            if folder:
+                self._watched[thread.id] = folder
+                await self.store.update_thread(thread.id, note=f"watched from {folder}")
+                await self.store.add_event("info", "watch", f"thread {thread.name}: a watcher edits its head in "
+                                           f"{folder}; its saves are its proposals now", folder=folder)
+            else:
+                self._watched.pop(thread.id, None)
+                await self.store.update_thread(thread.id, note="the watcher detached")
+                await self.store.add_event("info", "watch", f"thread {thread.name}: the watcher detached; back to "
+                                           f"its {thread.proposer} proposer")
+        if folder or thread.proposer == "watch":
+            return self._watch_proposer()
+        return self.proposers.get(thread.proposer)
+
+    async def _proposer_failed(self, thread: ThreadRow, exc: ProposerError) -> None:
+        """Record a failed proposal (and what it spent); pause the thread when retrying
+        cannot help, or after a few failures in a row."""
+        message = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
+        cost = {k: exc.cost[k] for k in ("cost_usd", "usage", "model", "requests") if k in exc.cost}
+        failures = self._proposer_failures.get(thread.id, 0) + 1
+        self._proposer_failures[thread.id] = failures
+        current = await self.store.thread(thread.id)
+        pause = exc.fatal or failures >= PROPOSER_FAILURES_TO_PAUSE
+        if pause:
+            note = f"proposer error: {exc}" if exc.fatal else \
+                f"paused after {failures} failed proposals in a row; last: {exc}"
+            if current.status == ThreadStatus.RUNNING:
+                await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=note)
+            level = "warning" if exc.kind == "spend_cap" else "error"
+            await self.store.add_event(level, "spend" if exc.kind == "spend_cap" else "proposer",
+                                       f"thread {thread.name}: {message}; thread paused", thread=thread.id,
+                                       proposer=thread.proposer, error=exc.kind, fatal=exc.fatal, **cost)
+            self._proposer_failures.pop(thread.id, None)
+            return
+        self._propose_after[thread.id] = time.monotonic() + exc.retry_after_s
+        if current.status == ThreadStatus.RUNNING:
+            await self.store.update_thread(
+                thread.id, note=f"proposer: {exc} (failure {failures} in a row; trying again in {exc.retry_after_s:g}s)")
+        await self.store.add_event("warning", "proposer", f"thread {thread.name}: {message}; trying again in "
+                                   f"{exc.retry_after_s:g}s", thread=thread.id, proposer=thread.proposer,
+                                   error=exc.kind, fatal=False, in_a_row=failures, **cost)
 
     async def _propose(self, thread: ThreadRow) -> None:
         assert self.ws is not None
         head = await self.store.node(thread.head_node_id)
-        proposer = self.proposers.get(thread.proposer)
+        proposer = await self._proposer_of(thread)
         if proposer is None:
             return
+        ctx = await self._context(thread, head)
+        if (await self.store.thread(thread.id)).status != ThreadStatus.RUNNING:
+            return  # paused or pruned meanwhile
         try:
-            proposal = await proposer.propose(await self._context(thread, head))
+            proposal = await proposer.propose(ctx)
+        except ProposerError as exc:
+            await self._proposer_failed(thread, exc)
+            return
         except ThreadlabError as exc:
             await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=f"proposer error: {exc}")
             await self.store.add_event("error", "proposer", f"thread {thread.name}: {exc}")
             return
-        thread = await self.store.thread(thread.id)
-        if thread.status != ThreadStatus.RUNNING:
-            return  # paused or pruned while the proposer was thinking
-        if proposal is None:
-            if not await self.store.open_nodes(thread.id):  # else: nothing *now*; ask again later
-                async with self._judge_lock:
-                    await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
-            return
-        await self.add_candidate(thread, head, proposal)
+        if self._proposer_failures.pop(thread.id, None):
+            await self.store.update_thread(thread.id, note=f"{proposer.name} proposing again")
+        async with self._thread_state_lock:
+            thread = await self.store.thread(thread.id)
+            if thread.status != ThreadStatus.RUNNING:
+                return  # paused or pruned while the proposer was thinking
+            if proposal is None:
+                if getattr(proposer, "waits", False):
+                    return  # nothing saved yet: asked again at the next pass
+                if not await self.store.open_nodes(thread.id):  # else: nothing *now*; ask again later
+                    async with self._judge_lock:
+                        await self._close_thread(thread, ThreadStatus.DONE, "the proposer has no more ideas")
+                return
+            await self.add_candidate(thread, head, proposal)
 
     async def add_candidate(self, thread: ThreadRow, parent: NodeRow, proposal: Proposal) -> int:
         """Turn a Proposal into a Node: commit it, guard it, queue its exploration run."""
@@ -828,6 +963,44 @@ class Engine:
         await self._materialize(await self.store.node(node_id))
         self._wake_dispatch.set()
         return node_id
+
+    async def node_report(self, node_id: int) -> str:
+        """A past node as text for proposers: what it changed, how it ran, how it was decided."""
+        node = await self.store.node(node_id)
+        if node.task_id != self.task_id:
+            raise ThreadlabError(f"node #{node_id} belongs to another task")
+        metric = self.task.metric_name
+        parent = await self.store.node(node.parent_id) if node.parent_id else None
+        lines = [f"node #{node.id} {node.title!r} [{node.status}]" + (f", parent #{parent.id}" if parent else "")
+                 + (f", merged with #{node.parent2_id}" if node.parent2_id else "")]
+        if node.hypothesis:
+            lines.append(f"hypothesis: {node.hypothesis}")
+        fmt = (lambda v: "-" if v is None else f"{v:.6g}")
+        lines.append(f"{metric}: {fmt(node.metric)} (std {fmt(node.metric_std)}, {node.n_runs} run(s), p = "
+                     f"{fmt(node.p_value)}); parent: {fmt(parent.metric if parent else None)}")
+        if node.error:
+            lines.append(f"error: {node.error[:2000]}")
+        for v in await self.store.verdicts(node.id):
+            lines.append(f"verdict: {'accepted' if v.accepted else 'not accepted'}: {v.summary}")
+        for a in await self.store.alerts(node.id):
+            lines.append(f"ALERT {a.guard}: {a.message}")
+        runs = await self.store.runs_of(node.id)
+        for r in runs:
+            lines.append(f"run #{r.id} seed {r.seed} {r.purpose} [{r.status}] {metric} {fmt(r.metric)}"
+                         + (f" error: {r.error.strip().splitlines()[0][:200]}" if r.error.strip() else ""))
+        if node.commit_sha and parent is not None and parent.commit_sha and self.ws is not None:
+            diff = await asyncio.to_thread(self.ws.diff, parent.commit_sha, node.commit_sha)
+            lines += ["diff against the parent:", diff[:20_000] + ("\n[... diff cut]" if len(diff) > 20_000 else "")]
+        for r in reversed(runs):
+            if not r.run_dir:
+                continue
+            for name in ("stderr.log", "stdout.log", "eval.log"):
+                path = Path(r.run_dir) / name
+                tail = await asyncio.to_thread(_tail_text, path)
+                if tail:
+                    lines += [f"last lines of run #{r.id}'s {name}:", tail]
+            break
+        return "\n".join(lines)
 
     # ---- commands ------------------------------------------------------------------
 

@@ -629,6 +629,17 @@ class Store:
                 (time.time(), level, kind, message, json.dumps(data)),
             )
 
+    async def spent_usd(self, task_id: int | None = None) -> float:
+        """Money proposers spent (USD): each proposal's `cost_usd` in its node's origin, plus
+        what failed proposals spent, recorded in their `proposer`/`spend` events."""
+        where, params = ("WHERE task_id = ?", (task_id,)) if task_id is not None else ("", ())
+        nodes = await self.scalar(
+            f"SELECT COALESCE(SUM(json_extract(origin, '$.cost_usd')), 0) FROM nodes {where}", params)
+        failed = await self.scalar(
+            "SELECT COALESCE(SUM(json_extract(data, '$.cost_usd')), 0) FROM events "
+            "WHERE kind IN ('proposer', 'spend') AND json_extract(data, '$.cost_usd') IS NOT NULL")
+        return float(nodes or 0) + float(failed or 0)
+
     async def engine_slots(self) -> list[str] | None:
         """The slots of the engine that started last (from its start event), or None."""
         data = await self.scalar(
