@@ -726,14 +726,11 @@ class StateSource:
         return total
 
     async def _spend(self, store: Store) -> float:
-        """Money spent by proposers: the sum of `cost_usd` in the nodes' origin (none record it
-        yet, so this is $0.00). Recomputed at most every 5 s."""
+        """Money spent by proposers (Store.spent_usd). Recomputed at most every 5 s."""
         stamp, value = self._spend_cache
         if time.monotonic() - stamp < 5.0:
             return value
-        value = float(await store.scalar(
-            "SELECT COALESCE(SUM(json_extract(origin, '$.cost_usd')), 0) FROM nodes "
-            "WHERE origin LIKE '%cost_usd%'") or 0.0)
+        value = await store.spent_usd()
         self._spend_cache = (time.monotonic(), value)
         return value
 

@@ -333,3 +333,13 @@ async def test_a_replaced_database_is_read_in_full(static_db, tmp_path):
                 os.replace(f"{static_db}.new{suffix}", f"{static_db}{suffix}")
         snap = await source.load()
     assert source.opens == 2 and snap.node(3).title == "in the other file"
+
+
+async def test_the_status_bar_spend_counts_proposals_and_failed_proposals(static_db):
+    async with await Store.open(static_db, writer=True) as store:
+        async with store.write() as w:
+            await w.execute("UPDATE nodes SET origin = json_set(origin, '$.cost_usd', 0.25) WHERE id IN (2, 3)")
+        await store.add_event("warning", "proposer", "thread t2: a refused proposal", cost_usd=0.125)
+    async with StateSource(static_db, clock=clock, watch=False) as source:
+        snap = await source.load(Selection())
+    assert snap.status.spend_usd == pytest.approx(0.625)
