@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -81,6 +82,11 @@ def cli() -> None:
 @click.option("--patience", type=click.IntRange(1), default=8, show_default=True,
               help="attempts without improvement before a thread retires")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where runs execute: this machine's slots, or a Ray cluster's (README: Scaling out on Ray)")
+@click.option("--address", default=None,
+              help="--executor ray: the cluster (HEAD_IP:6379 or auto; default: the one `ray start` left here, "
+                   "else a new local instance)")
 @click.option("--no-tui", is_flag=True, help="print progress lines instead of opening the TUI")
 @click.option("--detach", is_flag=True, help="start the engine and return at once")
 @click.option("--claude-model", default=None, help="claude threads: the model (default: claude-sonnet-5-5)")
@@ -95,14 +101,15 @@ def cli() -> None:
               help="TOML price table ([prices.\"MODEL\"], USD per million tokens) over the built-in one")
 @_db_option
 def run(task: str, threads: int | None, proposer: str, budget: str | None, profile: str | None, cpu_slots: int,
-        patience: int, seed: int, no_tui: bool, detach: bool, claude_model: str | None,
+        patience: int, seed: int, executor: str, address: str | None, no_tui: bool, detach: bool, claude_model: str | None,
         claude_max_tokens: int | None, claude_temperature: float | None, spend_cap: float | None,
         claude_config: Path | None, claude_prices: Path | None, db: Path) -> None:
     """Start a research session on TASK in the background and follow it."""
     db = db.resolve()
     claude = dict(config_file=claude_config, prices_file=claude_prices, model=claude_model,
                   max_tokens=claude_max_tokens, temperature=claude_temperature, spend_cap_usd=spend_cap)
-    asyncio.run(_start_session(task, threads, proposer, budget, profile, cpu_slots, patience, seed, db, claude))
+    asyncio.run(_start_session(task, threads, proposer, budget, profile, cpu_slots, patience, seed, db, claude,
+                               executor=executor, address=address))
     if detach:
         _print_follow_hint(db)
     elif not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
@@ -114,8 +121,13 @@ def run(task: str, threads: int | None, proposer: str, budget: str | None, profi
 
 async def _start_session(task: str, threads: int | None, proposer: str, budget: str | None, profile: str | None,
                          cpu_slots: int, patience: int, seed: int, db: Path,
-                         claude: dict[str, Any] | None = None) -> None:
+                         claude: dict[str, Any] | None = None, executor: str = "local",
+                         address: str | None = None) -> None:
     """Store the session in the database and start its engine detached."""
+    if address is not None and executor != "ray":
+        raise ThreadlabError("--address is for --executor ray", hint="add --executor ray, or leave --address out")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ThreadlabError("--executor ray needs Ray, which is not installed", hint="pip install 'threadlab[ray]'")
     proposers = parse_proposers(proposer, threads or 0)
     threads = threads_for(proposers, threads)
     extra: dict[str, Any] = {}
@@ -135,7 +147,7 @@ async def _start_session(task: str, threads: int | None, proposer: str, budget: 
     config = SessionConfig(
         task=str(spec.path), profile=spec.profile, threads=threads, proposers=proposers,
         budget_s=parse_duration(budget) if budget else None, cpu_slots=cpu_slots, patience=patience, seed=seed,
-        extra=extra,
+        executor=executor, extra=dict(extra, ray={"address": address}) if executor == "ray" else extra,
     )
     async with await Store.open(db, writer=True, create=True) as store:
         alive = await store.engine_alive()
@@ -271,7 +283,14 @@ async def _serve(db: Path, cpu_slots: int | None) -> str:
         if cpu_slots is not None:
             config = SessionConfig.from_dict(dict(config.to_dict(), cpu_slots=cpu_slots))
         spec = load_task(config.task, config.profile)
-        executor = LocalExecutor(detect_slots(config.cpu_slots, spec.device))
+        if config.executor == "ray":
+            from engine.ray_executor import RayExecutor
+
+            executor = await RayExecutor.connect(  # ExecutorError (one line + hint) when unreachable
+                (config.extra.get("ray") or {}).get("address"), device=spec.device,
+                log_path=run_root(db) / "ray-bridge.log")
+        else:
+            executor = LocalExecutor(detect_slots(config.cpu_slots, spec.device))
         return await Engine(store, config, run_root(db), executor).run()
 
 
@@ -442,6 +461,12 @@ async def status(show_all: bool, db: Path) -> None:
                 + (f" at #{best.id} {best.title}" if best else "")
             )
             slots = len(await store.engine_slots() or []) or (config.cpu_slots if config else 0)
+            if config and config.executor == "ray":
+                line = await store.scalar(
+                    "SELECT json_extract(data, '$.executor_status') FROM events "
+                    "WHERE json_extract(data, '$.executor_status') IS NOT NULL ORDER BY id DESC LIMIT 1")
+                if line:
+                    console.print(f"executor: {line}")
             console.print(
                 "runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
                 f"; slots busy {counts.get('running', 0) if alive else 0}/{slots}; alerts {alerts}; "

@@ -345,11 +345,40 @@ class Engine:
             await self.store.heartbeat(now - last)
             self._elapsed += now - last
             last = now
+            await self._refresh_slots()
             budget = self.config.budget_s
             if budget is not None and self._elapsed >= budget and not self.draining:
                 self.draining = True
                 await self.store.add_event("info", "budget", f"research time of {budget:.0f}s spent; finishing validations")
                 self._wake_dispatch.set()
+
+    async def _refresh_slots(self) -> None:
+        """Follow an executor whose slots change (Ray: nodes join and leave, the connection
+        to the cluster is lost and found again): offer the added slots, stop offering the
+        removed ones (a run going on on one ends by itself: INTERRUPTED, queued again)."""
+        refresh = getattr(self.executor, "refresh_slots", None)
+        if refresh is None:
+            return
+        change = await refresh()
+        if change is None:
+            return
+        for level, message in change.events:
+            await self.store.add_event(level, "executor", message, executor_status=change.status)
+        if not (change.added or change.removed):
+            return
+        gone = {s.name for s in change.removed}
+        held = {s.name for s in self.running.values()} | {s.name for s in self.free_slots}
+        self.free_slots = [s for s in self.free_slots if s.name not in gone]
+        self.free_slots += [s for s in change.added if s.name not in held]
+        names = [s.name for s in self.executor.slots]
+        what = ", ".join(filter(None, [f"+{len(change.added)}" if change.added else "",
+                                       f"-{len(change.removed)}" if change.removed else ""]))
+        await self.store.add_event(
+            "info", "engine", f"slots changed ({what}): {len(names)} slot(s); {change.status}", slots=names,
+            added=[s.name for s in change.added], removed=sorted(gone), executor_status=change.status,
+        )
+        self._wake_dispatch.set()
+        self._wake_plan.set()
 
     async def _command_loop(self) -> None:
         while True:
@@ -373,10 +402,11 @@ class Engine:
             await asyncio.sleep(self.command_poll_s)
 
     async def _plan_loop(self) -> None:
-        lookahead = math.ceil(len(self.executor.slots) / max(1, self.config.threads)) + 1
         # Not `while True`: Python 3.11's wait_for can swallow a cancel that lands while the
         # event it waits on is set (a proposal finishing as the engine stops).
         while not self._stop.is_set():
+            # the slots can change while the engine runs (Ray)
+            lookahead = math.ceil(max(1, len(self.executor.slots)) / max(1, self.config.threads)) + 1
             if not self.draining:
                 for thread in await self.store.threads(self.task_id):
                     if thread.status != ThreadStatus.RUNNING or self._stop.is_set() or thread.id in self._proposing:
@@ -412,7 +442,8 @@ class Engine:
         self._wake_plan.set()  # maybe more to prepare
 
     def _release(self, slot: Slot) -> None:
-        self.free_slots.append(slot)
+        if any(s.name == slot.name for s in self.executor.slots):  # else it left (Ray)
+            self.free_slots.append(slot)
         self._wake_dispatch.set()
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
@@ -490,7 +521,11 @@ class Engine:
             return
         assert outcome is not None
         if outcome.status == RunStatus.INTERRUPTED:
-            await self.store.requeue_interrupted([run.id])
+            error = outcome.error or "the engine stopped during this run"
+            await self.store.requeue_interrupted([run.id], error=error)
+            if not self._stop.is_set():  # a Ray worker or the cluster lost, not our own stop
+                await self.store.add_event("warning", "executor", f"run #{run.id} interrupted: {error}; queued again",
+                                           run=run.id)
             return
         alerts = [
             (run.node_id, a.guard, a.message or f"audit {a.guard} failed", a.evidence) for a in outcome.audits if not a.ok

@@ -424,7 +424,6 @@ class StateSource:
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._diffs: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        self._slots_cache: tuple[float | None, int | None] | None = None
         self._nodes = ThreadNodes(node_limit)  # the threads' nodes, kept between loads
         self._spend_cache: tuple[float, float] = (-1e18, 0.0)
 
@@ -480,7 +479,6 @@ class StateSource:
 
     async def _close_store(self) -> None:
         store, self._store, self._inode = self._store, None, None
-        self._slots_cache = None
         self._nodes = ThreadNodes(self.node_limit)  # another database, maybe: read it all again
         if store is not None:
             try:
@@ -705,7 +703,7 @@ class StateSource:
             (now - 3600, *_FINISHED_RUNS))
         session = await store.session()
         config = session[0] if session else {}
-        total = await self._total_slots(store, lock.started_at if lock else None, config)
+        total = await self._total_slots(store, config)
         unacked = await store.scalar("SELECT COUNT(*) FROM alerts WHERE acknowledged = 0")
         best = tuple(BestMetric(t.id, t.name, t.metric_name, t.direction, t.best_metric, t.best_node_id)
                      for t in tasks)
@@ -716,14 +714,11 @@ class StateSource:
             budget_s=config.get("budget_s"), unacked_alerts=unacked or 0,
         )
 
-    async def _total_slots(self, store: Store, started_at: float | None, config: dict[str, Any]) -> int | None:
-        """Slots of the running engine (from its start event); else the session's CPU slots."""
-        if self._slots_cache is not None and self._slots_cache[0] == started_at:
-            return self._slots_cache[1]
+    async def _total_slots(self, store: Store, config: dict[str, Any]) -> int | None:
+        """Slots of the engine (its latest start or slots-changed event); else the session's
+        CPU slots. Read on every load: on Ray they follow the cluster."""
         slots = await store.engine_slots()
-        total = len(slots) if slots else config.get("cpu_slots")
-        self._slots_cache = (started_at, total)
-        return total
+        return len(slots) if slots else config.get("cpu_slots")
 
     async def _spend(self, store: Store) -> float:
         """Money spent by proposers (Store.spent_usd). Recomputed at most every 5 s."""
