@@ -33,8 +33,8 @@ Phase 1, the candidate run
 
 Phase 2, the evaluator (only when the candidate exited 0 within its budget)
     `req.eval_command` runs in its own sandbox with cwd = `<run_dir>/eval/files`, a fresh
-    copy of `req.files_dir` (never the candidate's work dir). Only `<run_dir>/eval` is
-    writable and the run directory is readable. Private paths are hidden here too: the
+    read-only copy of `req.files_dir` (never the candidate's work dir). Only the rest of
+    `<run_dir>/eval` is writable and the run directory is readable. Private paths are hidden here too: the
     evaluator gets each as an open file descriptor instead (THREADLAB_PRIVATE), which
     nothing it starts inherits or can reach (`req.sealed` paths are hidden in both
     phases). The evaluator is its sandbox's PID 1, with no reaper beside it, so once it
@@ -326,10 +326,22 @@ def _existing(paths: Sequence[str]) -> list[str]:
 
 
 def _remove(path: Path) -> None:
-    """Remove a file, a symlink (never followed) or a directory tree, if present."""
+    """Remove a file, a symlink (never followed) or a directory tree, if present.
+
+    The candidate writes under the run directory: a directory it made unwritable or
+    unreadable is opened up first (else every later attempt of the run would fail here,
+    and the machine, not the candidate, would get the blame)."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
+        for root, dirs, _files in os.walk(path, onerror=lambda exc: None):
+            for name in dirs:
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    with contextlib.suppress(OSError):
+                        os.chmod(full, 0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
         shutil.rmtree(path)
 
 
@@ -659,9 +671,11 @@ class LocalExecutor:
             try:
                 # The run dir is bound read-only too: under the host's /tmp it would
                 # otherwise vanish behind the sandbox's own /tmp.
+                # eval/files is read-only: it is the evaluator's sys.path[0], and what the
+                # evaluator starts must not plant modules it would import later.
                 active.group = await sandbox.spawn(
                     req.eval_command, cwd=str(files), writable=[str(eval_dir)],
-                    readonly=[str(run_dir), *_existing(req.readable)],
+                    readonly=[str(run_dir), str(files), *_existing(req.readable)],
                     hidden=[*req.private_paths, *req.sealed], env=env, stdout=log_fd,
                     stderr=log_fd, pass_fds=(write_fd, *private.values()), sole=True)
             except OSError as exc:

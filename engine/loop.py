@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 MAX_PARENT_RETRIES = 2  # failed measurements of a parent seed before its children give up
+MAX_RUN_ATTEMPTS = 3  # a run interrupted this often (its worker lost each time) fails
 MACHINE_FAILURES_TO_STOP = 3  # runs in a row this machine cannot start before the engine stops
 MACHINE_RETRY_S = 2.0  # a slot whose run could not start waits this long (times the count) first
 PROPOSER_FAILURES_TO_PAUSE = 3  # failed proposals in a row (after the SDK's own retries) before a thread pauses
@@ -360,6 +362,16 @@ class Engine:
         if refresh is None:
             return
         change = await refresh()
+        # Offer exactly the executor's slots that no run holds: a slot whose run ended while
+        # it was briefly gone (a quick reconnect) is offered again too.
+        present = {s.name for s in self.executor.slots}
+        busy = {s.name for s in self.running.values()}
+        self.free_slots = [s for s in self.free_slots if s.name in present]
+        free = {s.name for s in self.free_slots}
+        returned = [s for s in self.executor.slots if s.name not in busy and s.name not in free]
+        if returned:
+            self.free_slots += returned
+            self._wake_dispatch.set()
         if change is None:
             return
         for level, message in change.events:
@@ -367,9 +379,6 @@ class Engine:
         if not (change.added or change.removed):
             return
         gone = {s.name for s in change.removed}
-        held = {s.name for s in self.running.values()} | {s.name for s in self.free_slots}
-        self.free_slots = [s for s in self.free_slots if s.name not in gone]
-        self.free_slots += [s for s in change.added if s.name not in held]
         names = [s.name for s in self.executor.slots]
         what = ", ".join(filter(None, [f"+{len(change.added)}" if change.added else "",
                                        f"-{len(change.removed)}" if change.removed else ""]))
@@ -442,7 +451,8 @@ class Engine:
         self._wake_plan.set()  # maybe more to prepare
 
     def _release(self, slot: Slot) -> None:
-        if any(s.name == slot.name for s in self.executor.slots):  # else it left (Ray)
+        offered = any(s.name == slot.name for s in self.free_slots)  # by _refresh_slots already
+        if not offered and any(s.name == slot.name for s in self.executor.slots):  # else it left (Ray)
             self.free_slots.append(slot)
         self._wake_dispatch.set()
 
@@ -520,6 +530,10 @@ class Engine:
                 self._release(slot)
             return
         assert outcome is not None
+        if outcome.status == RunStatus.INTERRUPTED and not self._stop.is_set() and run.attempt >= MAX_RUN_ATTEMPTS:
+            # interrupted again and again (a Ray worker killed each time: out of memory?)
+            outcome = dataclasses.replace(outcome, status=RunStatus.FAILED, error=(
+                f"interrupted {run.attempt} times; last: {outcome.error or 'no reason given'}"))
         if outcome.status == RunStatus.INTERRUPTED:
             error = outcome.error or "the engine stopped during this run"
             await self.store.requeue_interrupted([run.id], error=error)
@@ -932,6 +946,10 @@ class Engine:
         except ThreadlabError as exc:
             await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=f"proposer error: {exc}")
             await self.store.add_event("error", "proposer", f"thread {thread.name}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a proposer's bug costs its thread, not the engine
+            log.exception("proposer %s of thread %s failed", thread.proposer, thread.name)
+            await self._proposer_failed(thread, ProposerError(f"{type(exc).__name__}: {exc}", kind="bug"))
             return
         if self._proposer_failures.pop(thread.id, None):
             await self.store.update_thread(thread.id, note=f"{proposer.name} proposing again")

@@ -724,7 +724,10 @@ class RayExecutor:
         opts = {"address": self.address, "device": self.device, "cpus": self.cpus_per_slot,
                 "node_ip_address": self.node_ip_address, "init": self.init,
                 "namespace": self.namespace, "cmd_fd": cmd_r, "evt_fd": evt_w}
-        env = {**os.environ, "RAY_gcs_rpc_server_reconnect_timeout_s": "10", **self.bridge_env}
+        # the proposers' API keys stay in the engine: Ray's processes (and a local Ray it
+        # starts) never see them
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+               "RAY_gcs_rpc_server_reconnect_timeout_s": "10", **self.bridge_env}
         env.pop("RAY_ADDRESS", None) if self.address else None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import statistics
+import time
 
 from engine.models import Edit, Proposal
 from engine.workspace import Workspace
@@ -208,3 +209,49 @@ async def test_runs_the_machine_cannot_start_are_requeued_and_stop_the_engine(bo
     assert len(events) == len(interrupted)
     # each interrupted run has a fresh attempt queued for the next engine
     assert await s.scalar("SELECT COUNT(*) FROM runs WHERE status = 'queued'") >= len(interrupted)
+
+
+async def test_a_run_interrupted_again_and_again_fails_instead_of_running_forever(bowl, start_engine):
+    # On Ray, a candidate that gets its worker killed each time (out of memory) would
+    # otherwise be queued again forever.
+    from engine.models import RunOutcome, RunStatus
+
+    s = await start_engine(bowl, threads=1)
+    await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM nodes WHERE status = 'baseline' AND metric IS NOT NULL"),
+                 30, "the baseline")
+    real = s.engine.executor.execute
+
+    async def lost(req, slot, on_samples):
+        if req.node_id == s.engine.root_id:
+            return await real(req, slot, on_samples)
+        now = time.time()
+        return RunOutcome(RunStatus.INTERRUPTED, None, None, "worker lost", now, now)
+
+    s.engine.executor.execute = lost
+    failed = await s.wait(lambda: s.rows("SELECT * FROM runs WHERE status = 'failed'"), 30, "a run to fail")
+    assert "interrupted 3 times; last: worker lost" in failed[0]["error"]
+    tries = await s.rows("SELECT attempt, status FROM runs WHERE node_id = ? AND seed = ? ORDER BY attempt",
+                         (failed[0]["node_id"], failed[0]["seed"]))
+    assert [(r["attempt"], r["status"]) for r in tries] == [(1, "interrupted"), (2, "interrupted"), (3, "failed")]
+
+
+async def test_a_proposer_that_raises_costs_its_thread_a_retry_not_the_engine(bowl, start_engine):
+    s = await start_engine(bowl, threads=2)
+    await s.wait(lambda: s.scalar("SELECT COUNT(*) FROM nodes WHERE status = 'baseline' AND metric IS NOT NULL"),
+                 30, "the baseline")
+    proposer = s.engine.proposers["search"]
+    real = proposer.propose
+    calls = []
+
+    async def buggy(ctx):
+        calls.append(ctx.thread_id)
+        if len(calls) == 1:
+            raise KeyError("a bug in a proposer")
+        return await real(ctx)
+
+    proposer.propose = buggy
+    await s.wait(lambda: s.rows("SELECT * FROM events WHERE kind = 'proposer' AND message LIKE '%KeyError%'"),
+                 20, "the failure to be recorded")
+    before = await s.scalar("SELECT COUNT(*) FROM nodes")
+    await s.wait(lambda: s.scalar("SELECT COUNT(*) > ? FROM nodes", (before,)), 20, "proposing to go on")
+    assert not s.task.done()

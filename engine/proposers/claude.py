@@ -436,6 +436,8 @@ class _Conversation:
         try:
             node_id = int(str(raw).lstrip("#"))
         except ValueError:
+            node_id = -1
+        if not 0 < node_id < 2**63:
             return _result(use_id, "read_node needs a 'node' id, e.g. 12", error=True)
         if self.ctx.inspect_node is None:
             return _result(use_id, "node details are not available here", error=True)

@@ -38,6 +38,7 @@ import sys
 import time
 
 import numpy as np
+import numpy.random  # noqa: F401  (numpy loads it lazily: nothing is imported after the model child starts)
 import torch
 
 import data
