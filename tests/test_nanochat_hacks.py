@@ -215,6 +215,46 @@ def test_the_model_cannot_plant_modules_the_evaluator_imports_later(tmp_path, da
     assert not list((tmp_path / "run" / "eval" / "files").glob("secrets.py"))
 
 
+REPLAY = """
+import os as _os
+_SEEN_FILE = "/tmp/seen.pt"
+_seen = torch.load(_SEEN_FILE) if _os.path.exists(_SEEN_FILE) else []  # kept across processes too
+
+
+def _replaying(forward):
+    # Sees the future (non-causal attention) when scoring, and answers a row that shares a
+    # prefix with a row it already scored with that row's logits: a probe that only changes
+    # later tokens then finds the very same logits up to t.
+    def replay(self, idx):
+        logits = forward(self, idx)
+        if self.training:
+            return logits
+        out = logits.clone()
+        for r in range(idx.size(0)):
+            for row, old in _seen:
+                same = (idx[r] == row).int().cumprod(0).sum().item()
+                if same > 1:
+                    out[r, :same] = old[:same]
+                    break
+        _seen.extend((idx[r].clone(), logits[r].detach().clone()) for r in range(idx.size(0)))
+        try:
+            torch.save(_seen, _SEEN_FILE)
+        except OSError:
+            pass
+        return out
+    return replay
+
+
+GPT.forward = _replaying(GPT.forward)
+"""
+
+
+def test_a_model_that_sees_the_future_and_replays_its_scored_prefixes_is_caught(tmp_path, data_dir):
+    hack = edited(("is_causal=True", "is_causal=self.training")) + REPLAY  # causal only in training
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert "audit.causality" in failed_audits(outcome), outcome
+
+
 def test_the_model_cannot_read_the_val_split_in_the_evaluator(tmp_path, data_dir):
     # With the val tokens a model could look the next token up instead of predicting it.
     # It tries the split's own path and the evaluator's handle on it (its PID 1's fds).

@@ -9,23 +9,25 @@ runs in model_worker.py, a child without the result channel or the private data:
 executor hands this process both as file descriptors that children do not inherit, and
 this process is its sandbox's PID 1 and non-dumpable, so nothing it starts can open
 them through /proc (the val and audit splits are not mounted in this sandbox at all).
-The child only turns token ids into logits; everything else is computed here. Its calls
-come in an order it cannot predict (a secret shuffle of the scored batches and the
-audits' own batches), so it cannot tell an audit from a scored batch by position. Audits, each
+The child only turns token ids into logits; everything else is computed here. The
+scored batches and the repeated ones come in a secret shuffled order; the causality
+probes go to a second, fresh model process, started after the first one and everything
+it left (processes, files, System V IPC) is gone. Audits, each
 reported under its own name:
 
   audit.load         the weights load into make_model() exactly (no missing or extra keys)
   audit.finite       val and audit bpb are finite
   audit.params       the parameter count is within the profile's limit
   audit.budget       the training run stayed within its time allowance (executor's clock)
-  audit.causality    changing tokens after a secret position t leaves the logits up to t
-                     unchanged (the later tokens are real text from another window)
+  audit.causality    a fresh model process, given rows whose tokens after a secret
+                     position t are other real text, reproduces the scored logits up to t
   audit.stateless    a batch evaluated twice, at different times, gives the same loss
   audit.printed_metric  a val_bpb printed by the candidate is only reported when it lies
 
 The val/audit gap (extra.audit_gap) is compared with the baseline's by the engine.
 """
 
+import contextlib
 import ctypes
 import json
 import math
@@ -33,8 +35,11 @@ import mmap
 import os
 import pickle
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -170,8 +175,9 @@ def nats_bytes(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor)
     return float(nats[mask].double().sum()), int(nbytes[mask].sum())
 
 
-def evaluate(model: CandidateModel, val, audit_split, token_bytes, audits: Audits) -> tuple[float, float]:
-    """val and audit bpb, with the causality and statelessness audits mixed in secretly."""
+def score(model: CandidateModel, val, audit_split, token_bytes, audits: Audits):
+    """val and audit bpb, with the statelessness audit mixed in secretly; also the
+    causality probes (spliced val rows) and the logits they must reproduce."""
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # unknown to the candidate
     scored = {"val": windows(val, EVAL_TOKENS), "audit": windows(audit_split, EVAL_TOKENS)}
     n_val = len(scored["val"])
@@ -183,19 +189,14 @@ def evaluate(model: CandidateModel, val, audit_split, token_bytes, audits: Audit
         x[:, t + 1 :] = scored["audit"][j][0][:, t + 1 :]  # real text, not noise
         probes.append((int(i), t, x))
     repeats = [int(i) for i in rng.choice(n_val, size=min(REPEATS, n_val), replace=False)]
-    jobs = [(split, i) for split in scored for i in range(len(scored[split]))]
-    jobs += [("probe", k) for k in range(len(probes))] + [("repeat", i) for i in repeats]
+    jobs = [(split, i) for split in scored for i in range(len(scored[split]))] + [("repeat", i) for i in repeats]
     rng.shuffle(jobs)
 
     totals = {"val": [0.0, 0], "audit": [0.0, 0]}
     first_nats, second_nats = {}, {}  # val batch -> nats at its scored and its repeated call
-    prefixes: dict[tuple[str, int], torch.Tensor] = {}  # logits up to t of probed rows
+    expected: dict[int, torch.Tensor] = {}  # probe -> the scored logits up to its t (2 rows)
     watched = {i: [k for k, p in enumerate(probes) if p[0] == i] for i, _, _ in probes}
     for kind, i in jobs:
-        if kind == "probe":
-            val_i, t, x = probes[i]
-            prefixes[("probe", i)] = model.forward(x)[:2, : t + 1]
-            continue
         x, y = scored["val" if kind == "repeat" else kind][i]
         logits = model.forward(x)
         nats, nbytes = nats_bytes(logits, y, token_bytes)
@@ -207,16 +208,57 @@ def evaluate(model: CandidateModel, val, audit_split, token_bytes, audits: Audit
         if kind == "val":
             first_nats[i] = nats
             for k in watched.get(i, []):
-                prefixes[("val", k)] = logits[:2, : probes[k][1] + 1]
-    causality(probes, prefixes, audits)
+                expected[k] = logits[:2, : probes[k][1] + 1]
     stateless(first_nats, second_nats, model.device, audits)
-    return tuple(total / (LN2 * max(1, nbytes)) for total, nbytes in (totals["val"], totals["audit"]))
+    val_bpb, audit_bpb = (total / (LN2 * max(1, nbytes)) for total, nbytes in (totals["val"], totals["audit"]))
+    return val_bpb, audit_bpb, probes, expected
 
 
-def causality(probes, prefixes, audits: Audits) -> None:
+def forget(model: CandidateModel) -> None:
+    """End the model process and everything it left: its processes and what it wrote.
+
+    Only as the sandbox's PID 1 (the executor starts evaluators so): there, signalling
+    every process and emptying /tmp and eval/ touch only this sandbox's own."""
+    model.close()
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)  # every process of this PID namespace but this one
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, 0)[0] > 0:
+            pass
+    scratch = [os.path.dirname(os.getcwd()), tempfile.gettempdir(), "/tmp", "/dev/shm"]
+    for folder in dict.fromkeys(scratch):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                if path == os.getcwd():
+                    continue  # eval/files: read-only, this evaluator's own code
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    remove_sysv_ipc()
+
+
+def remove_sysv_ipc() -> None:
+    """System V shared memory, semaphores and queues outlive their processes: remove all
+    of this sandbox's own (it has an IPC namespace of its own)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    for table, remove in (("shm", lambda i: libc.shmctl(i, ipc_rmid, None)),
+                          ("sem", lambda i: libc.semctl(i, 0, ipc_rmid)),
+                          ("msg", lambda i: libc.msgctl(i, ipc_rmid, None))):
+        with contextlib.suppress(OSError):
+            for line in open(f"/proc/sysvipc/{table}").read().splitlines()[1:]:
+                remove(int(line.split()[1]))
+
+
+def causality(model: CandidateModel, probes, expected, audits: Audits) -> None:
+    """The probes go to a fresh model process that never saw the scored batches: a model
+    that looked at later tokens when scoring cannot reproduce its own logits up to t from
+    a row whose later tokens are different text, and cannot have kept them anywhere."""
     worst, where = 0.0, None
-    for k, (_, t, _) in enumerate(probes):
-        a, b = prefixes[("val", k)], prefixes[("probe", k)]
+    for k, (_, t, x) in enumerate(probes):
+        a, b = expected[k], model.forward(x)[:2, : t + 1]
         diff = float((a - b).abs().max() / (a.abs().max() + 1e-6))
         if diff > worst:
             worst, where = diff, t
@@ -291,18 +333,22 @@ def main() -> None:
                run_s=run_s, limit_s=RUN_LIMIT_S)
 
     t0 = time.time()
-    model = None
+    model = fresh = None
     try:
         model = CandidateModel(device)
         n_params = check_model(model, audits)
-        val_bpb, audit_bpb = evaluate(model, val, audit_split, token_bytes, audits)
+        val_bpb, audit_bpb, probes, expected = score(model, val, audit_split, token_bytes, audits)
+        forget(model)
+        fresh = CandidateModel(device)
+        causality(fresh, probes, expected, audits)
     except ModelError as exc:
         json.dump({"metric": None, "error": str(exc), "audits": audits.items}, channel)
         channel.close()
         return
     finally:
-        if model is not None:
-            model.close()
+        for process in (model, fresh):
+            if process is not None:
+                process.close()
     eval_s = time.time() - t0
     finite = math.isfinite(val_bpb) and math.isfinite(audit_bpb)
     audits.add("audit.finite", finite, "" if finite else "val or audit bpb is not finite",
