@@ -1047,7 +1047,8 @@ class Engine:
         for r in reversed(runs):
             if not r.run_dir:
                 continue
-            for name in ("stderr.log", "stdout.log", "eval.log"):
+            # not eval.log: what the evaluator runs of the candidate's saw the private data
+            for name in ("stderr.log", "stdout.log"):
                 path = Path(r.run_dir) / name
                 tail = await asyncio.to_thread(_tail_text, path)
                 if tail:

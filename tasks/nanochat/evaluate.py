@@ -119,7 +119,8 @@ class CandidateModel:
         if not isinstance(message, dict):
             raise ModelError(f"the candidate's model process answered garbage: {line[:200]!r}")
         if "error" in message:
-            raise ModelError(f"the candidate's model failed: {str(message['error'])[:2000]}")
+            # short: the model saw the private tokens, and errors reach proposers
+            raise ModelError(f"the candidate's model failed: {str(message['error'])[:300]}")
         return message
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
