@@ -240,6 +240,7 @@ class Evaluation:
         self.device = "cuda" if cfg.mode == "gpu" else "cpu"
         self.dtype = problem.dtype(cfg.mode)
         self.report = Report(problem.name)
+        self._peaks: dict | None = None  # GPU peaks, measured before any worker starts
         for name in ALL_CHECKS:
             self.report.audits[name] = {"ok": True, "message": "", "evidence": {}}
 
@@ -269,6 +270,10 @@ class Evaluation:
             self.report.error = f"cannot read the candidate {self.solution}: {exc}"
             return self.report
         self._findings(static.scan(source, self.p.library_ops, os.path.basename(self.solution)))
+        if self.cfg.mode == "gpu" and self.cfg.time_it:
+            # before any worker exists: work the candidate left on the GPU cannot lower them
+            self._peaks = self.cfg.peaks or sol.peaks(write_cache=False)
+            self.report.extra["peaks"] = self._peaks
         gate = self.cfg.gate or _ALONE
         with tempfile.TemporaryDirectory(prefix="threadlab-kernels-") as tmp:
             workers: list[WorkerProcess] = []
@@ -474,10 +479,7 @@ class Evaluation:
 
     def _timing(self, cand: WorkerProcess, base: WorkerProcess) -> None:
         cfg = self.cfg
-        peaks = None
-        if cfg.mode == "gpu":
-            peaks = cfg.peaks or sol.peaks(write_cache=False)
-            self.report.extra["peaks"] = peaks
+        peaks = self._peaks if cfg.mode == "gpu" else None
         rows = []
         impls = ["eager"] + (["compiled"] if cfg.mode == "gpu" and cfg.compile_baseline else [])
         for shape in cfg.timed_shapes or self.p.timed_shapes(cfg.mode):
