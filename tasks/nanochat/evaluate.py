@@ -134,7 +134,8 @@ class CandidateModel:
             raise ModelError(f"the candidate's model process exited (code {self.proc.poll()}); "
                              "see eval.log") from None
         message = self._answer()
-        if message.get("shape") != expected or message.get("dtype") not in DTYPES:
+        if message.get("shape") != expected or not isinstance(message.get("dtype"), str) \
+                or message["dtype"] not in DTYPES:
             raise ModelError(f"the model returned logits of shape {message.get('shape')} "
                              f"({message.get('dtype')}); expected {expected} (float)")
         dtype = DTYPES[message["dtype"]]
