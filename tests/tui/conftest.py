@@ -54,6 +54,21 @@ async def fresh(app: ThreadlabApp, pilot, predicate=None, timeout: float = 10.0,
     return snap
 
 
+async def select(app: ThreadlabApp, kind: str, item_id: int, timeout: float = 5.0) -> None:
+    """Put the tree's cursor on a line and wait until the cursor really is there (a thread
+    just expanded gets its lines at the next layout, under load a while later)."""
+    assert app.thread_tree.select_entry(kind, item_id), f"{kind} {item_id} is not in the tree"
+
+    def there() -> bool:
+        entry = app.thread_tree.entry
+        if entry is not None and (entry.kind, entry.id) == (kind, item_id):
+            return True
+        app.thread_tree.select_entry(kind, item_id)  # moved before its line existed: again
+        return False
+
+    await wait_for(there, timeout, f"the cursor on {kind} {item_id}", interval=0.02)
+
+
 async def send_keys(app: ThreadlabApp, *keys: str, gap: float = 0.05) -> None:
     """Press keys the way the terminal driver does, without Pilot.press's wait for an idle
     CPU: an in-process engine keeps the process busy, so that wait costs up to 1 s a key.

@@ -9,7 +9,7 @@ import time
 
 from engine.models import Edit, Proposal
 from tests.conftest import make_task, slow_playbook, wait_for
-from tests.tui.conftest import cursor_entry, loaded, make_app, record_notifications, send_keys
+from tests.tui.conftest import loaded, make_app, record_notifications, select, send_keys
 from tui.screens import ConfirmScreen
 
 SIZE = (120, 40)
@@ -22,9 +22,7 @@ async def _thread_row(s, thread_id):
 
 async def _app_on(s, pilot, app, thread_id: int = 1) -> None:
     await loaded(app, lambda snap: snap.thread(thread_id) is not None, 20, f"thread {thread_id} on screen")
-    assert app.thread_tree.select_entry("thread", thread_id)
-    await pilot.pause(0.05)
-    assert cursor_entry(app) == ("thread", thread_id)
+    await select(app, "thread", thread_id)
 
 
 async def test_p_pins_and_unpins_and_space_pauses_and_resumes(bowl, start_engine):
@@ -102,8 +100,7 @@ async def test_f_forks_a_new_thread_at_the_selected_node(bowl, start_engine):
     seen = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(app, lambda snap: snap.baselines, 20, "the baseline on screen")
-        app.thread_tree.select_entry("baseline", 1)
-        await pilot.pause(0.05)
+        await select(app, "baseline", 1)
         threads_before = await s.scalar("SELECT COUNT(*) FROM threads")
         await send_keys(app, "f")
         await wait_for(lambda: any("forked at #1" in m for _t, m, _s in seen), 15, "the fork result")
@@ -139,12 +136,10 @@ async def test_m_twice_merges_the_marked_node_into_the_selected_one(bowl, start_
     app = make_app(s.db, watch=True, clock=time.time)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(app, lambda snap: snap.node(lr_up) and snap.node(steps_up), 20, "both nodes on screen")
-        assert app.thread_tree.select_entry("node", steps_up)
-        await pilot.pause(0.05)
+        await select(app, "node", steps_up)
         await send_keys(app, "m")
         await wait_for(lambda: app.marked == steps_up, 5, "the mark")
-        assert app.thread_tree.select_entry("node", lr_up)
-        await pilot.pause(0.05)
+        await select(app, "node", lr_up)
         await send_keys(app, "m")
         await wait_for(lambda: isinstance(app.screen, ConfirmScreen), 5, "the merge confirmation")
         assert f"Merge #{steps_up} into #{lr_up}?" == app.screen.title_text

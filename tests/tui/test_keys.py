@@ -18,7 +18,7 @@ from textual.widgets import Input, Log
 from engine.models import NodeStatus
 from engine.store import Store
 from tests.conftest import wait_for
-from tests.tui.conftest import cursor_entry, fresh, loaded, make_app, record_notifications, screen_text
+from tests.tui.conftest import cursor_entry, fresh, loaded, make_app, record_notifications, screen_text, select
 from tui.screens import ConfirmScreen, HelpScreen
 from tui.widgets.detail import RunsTable
 
@@ -271,8 +271,7 @@ async def test_m_marks_a_node_and_m_on_another_asks_to_merge(static_db):
     app = make_app(static_db)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(app)
-        app.thread_tree.select_entry("node", 3)
-        await pilot.pause()
+        await select(app, "node", 3)
         await pilot.press("m")
         assert app.marked == 3 and "[merge?]" in screen_text(app) and "merge: #3 marked" in screen_text(app)
         await pilot.press("m")  # again on the same node: unmarked
@@ -296,8 +295,7 @@ async def test_d_asks_with_the_running_runs_and_starts_on_cancel(static_db):
     app = make_app(static_db)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(app)
-        app.thread_tree.select_entry("node", 6)  # thread t1 has one running run (#13)
-        await pilot.pause()
+        await select(app, "node", 6)  # thread t1 has one running run (#13)
         await pilot.press("d")
         await wait_for(lambda: isinstance(app.screen, ConfirmScreen), 5, "the prune confirmation")
         screen = app.screen
@@ -316,12 +314,10 @@ async def test_actions_refuse_what_does_not_apply(static_db):
         await loaded(app)
         await pilot.press("p", "space", "d")  # the baseline belongs to no thread
         assert sum("select a thread" in m for _t, m, _s in seen) == 3
-        app.thread_tree.select_entry("node", 7)  # a failed merge: no code
-        await pilot.pause()
+        await select(app, "node", 7)  # a failed merge: no code
         await pilot.press("f", "m")
         assert sum("has no code" in m for _t, m, _s in seen) == 2
-        app.thread_tree.select_entry("thread", 3)  # pruned
-        await pilot.pause()
+        await select(app, "thread", 3)  # pruned
         await pilot.press("space", "d")
         assert any("can be neither paused nor resumed" in m for _t, m, _s in seen)
         assert any("already pruned" in m for _t, m, _s in seen)
@@ -412,8 +408,7 @@ async def test_the_tree_keeps_cursor_and_expansion_through_updates(static_db):
         tree = app.thread_tree
         tree.item("thread", 2).collapse()
         tree.item("thread", 4).expand()
-        tree.select_entry("node", 4)
-        await pilot.pause()
+        await select(app, "node", 4)
         line = tree.cursor_line
         async with await Store.open(static_db, writer=True) as writer:
             # a node listed above the cursor (a child of #3, which comes before #4), a new thread, relabels
