@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Tree
 
 from engine.store import Store
+from tests.conftest import wait_for
 from tests.tui.conftest import cursor_entry, loaded, make_app
 from tui.data import NodeView, ThreadView
 from tui.format import Glyphs, fmt_metric, fmt_metric_std
@@ -162,3 +163,19 @@ async def test_a_new_node_is_inserted_in_place_and_a_removed_thread_line_comes_b
         await pilot.pause()
         assert tree.item("thread", 2) is not None and not tree.item("thread", 2).is_expanded
         assert [c.data.id for c in tree.item("thread", 1).children] == t1
+
+
+async def test_going_to_a_node_of_a_collapsed_thread_puts_the_cursor_on_it(static_db):
+    app = make_app(static_db)
+    async with app.run_test(size=(160, 48)) as pilot:
+        snap = await loaded(app)
+        target = snap.thread(2).nodes[-1].id
+        tree = app.thread_tree
+        tree.item("thread", 2).expand()
+        await pilot.pause()
+        for thread in (2, 1):  # its remembered line is now stale: thread 1's lines are gone above it
+            tree.item("thread", thread).collapse()
+            await pilot.pause()
+        app.go_to_node(target)  # what the alerts panel does
+        await wait_for(lambda: (e := tree.entry) is not None and (e.kind, e.id) == ("node", target), 5,
+                       f"the cursor on node {target}")

@@ -350,8 +350,12 @@ class ThreadTree(Tree[Entry], inherit_bindings=False):
         node = self._items.get((kind, item_id))
         if node is None:
             return False
-        if node.parent is not None and not node.parent.is_root:
-            node.parent.expand()
+        parent = node.parent
+        if parent is not None and not parent.is_root and not parent.is_expanded:
+            parent.expand()
+            # its line exists only once the tree has laid itself out again
+            self.call_after_refresh(self.move_cursor, node)
+            return True
         self.move_cursor(node)
         return True
 
