@@ -530,13 +530,15 @@ class Engine:
                 self._release(slot)
             return
         assert outcome is not None
-        if outcome.status == RunStatus.INTERRUPTED and not self._stop.is_set() and run.attempt >= MAX_RUN_ATTEMPTS:
+        ran = outcome.extra.get("ran", True)  # False: the executor never started it (its slot was gone)
+        if outcome.status == RunStatus.INTERRUPTED and ran and not self._stop.is_set() \
+                and run.attempt >= MAX_RUN_ATTEMPTS:
             # interrupted again and again (a Ray worker killed each time: out of memory?)
             outcome = dataclasses.replace(outcome, status=RunStatus.FAILED, error=(
                 f"interrupted {run.attempt} times; last: {outcome.error or 'no reason given'}"))
         if outcome.status == RunStatus.INTERRUPTED:
             error = outcome.error or "the engine stopped during this run"
-            await self.store.requeue_interrupted([run.id], error=error)
+            await self.store.requeue_interrupted([run.id], error=error, counts=ran is not False)
             if not self._stop.is_set():  # a Ray worker or the cluster lost, not our own stop
                 await self.store.add_event("warning", "executor", f"run #{run.id} interrupted: {error}; queued again",
                                            run=run.id)

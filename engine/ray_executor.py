@@ -858,7 +858,7 @@ class RayExecutor:
             why = ("not connected to the Ray cluster" if not self.connected
                    else f"slot {slot.name} is no longer in the Ray cluster")
             return self._outcome(RunStatus.INTERRUPTED, f"{why} ({self.status})", submitted,
-                                 ray_slot=slot.name)
+                                 ray_slot=slot.name, ran=False)
         try:
             files = await self._files_of(req.files_dir)
         except OSError as exc:
@@ -925,7 +925,9 @@ class RayExecutor:
         if kind != "done" or pending.stop is not None:
             status = pending.stop or RunStatus.INTERRUPTED
             error = _STOP_ERRORS[status] if pending.stop else f"the Ray worker was lost: {msg[2]}"
-            return self._outcome(status, error, pending.submitted, ray_slot=pending.slot.name)
+            # a task its node could not take never ran: not an attempt of the run
+            ran = "TaskUnschedulableError" not in str(msg[2])
+            return self._outcome(status, error, pending.submitted, ray_slot=pending.slot.name, ran=ran)
         result = msg[2]
         out = result["outcome"]
         await asyncio.to_thread(_write_logs, Path(req.run_dir), result.get("logs", {}))

@@ -526,8 +526,11 @@ class Store:
                 return cur.rowcount
 
     async def requeue_interrupted(self, run_ids: Sequence[int] | None = None,
-                                  error: str = "the engine stopped during this run") -> list[int]:
-        """Mark running runs interrupted and queue a fresh attempt of each; returns the old ids."""
+                                  error: str = "the engine stopped during this run",
+                                  counts: bool = True) -> list[int]:
+        """Mark running runs interrupted and queue a fresh attempt of each; returns the old ids.
+        `counts=False`: the run never started (its slot was gone), so the next one keeps its
+        attempt number."""
         now = time.time()
         async with self.write() as db:
             if run_ids is None:
@@ -545,7 +548,7 @@ class Store:
                 )
                 await db.execute(
                     "INSERT INTO runs (node_id, seed, purpose, status, attempt, queued_at) VALUES (?, ?, ?, 'queued', ?, ?)",
-                    (r.node_id, r.seed, r.purpose, r.attempt + 1, now),
+                    (r.node_id, r.seed, r.purpose, r.attempt + (1 if counts else 0), now),
                 )
         return [r.id for r in rows]
 
