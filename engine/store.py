@@ -42,7 +42,7 @@ from engine.schema import MIGRATIONS, SCHEMA_VERSION
 LOCK_STALE_S = 15.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process of this host runs; a zombie (killed, never reaped) does not."""
     try:
         os.kill(pid, 0)
@@ -222,7 +222,7 @@ class Store:
             old = LockRow.from_row(old_row) if old_row else None
             if old is not None and not (old.host == host and old.pid == pid):
                 age = now - old.heartbeat_at
-                dead = (old.host == host and not _pid_alive(old.pid)) or age > stale_after_s
+                dead = (old.host == host and not pid_alive(old.pid)) or age > stale_after_s
                 if not dead:
                     raise EngineLocked(
                         f"an engine is already running on this database: pid {old.pid} on {old.host}, "
@@ -256,7 +256,7 @@ class Store:
         lock = await self.lock()
         if lock is None:
             return None
-        if lock.host == socket.gethostname() and not _pid_alive(lock.pid):
+        if lock.host == socket.gethostname() and not pid_alive(lock.pid):
             return None
         if time.time() - lock.heartbeat_at > stale_after_s:
             return None

@@ -39,6 +39,7 @@ from typing import Any
 from engine.errors import ThreadlabError
 from engine.models import Edit, Proposal
 from engine.proposers.base import Attempt, ProposalContext
+from engine.store import pid_alive
 
 RESULTS = "RESULTS.md"
 WATCHER = "watcher.json"
@@ -46,16 +47,6 @@ WATCHER = "watcher.json"
 
 def spool_dir(run_root: Path, thread_id: int) -> Path:
     return Path(run_root) / "watch" / f"thread-{thread_id}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_watcher(run_root: Path, thread_id: int) -> dict[str, Any] | None:
@@ -67,7 +58,7 @@ def read_watcher(run_root: Path, thread_id: int) -> dict[str, Any] | None:
     if not isinstance(info, dict) or info.get("host") != socket.gethostname():
         return None
     pid = info.get("pid")
-    return info if isinstance(pid, int) and _alive(pid) else None
+    return info if isinstance(pid, int) and pid_alive(pid) else None
 
 
 def title_from_diff(old: dict[str, str], new: dict[str, str], limit: int = 80) -> str:
