@@ -64,6 +64,11 @@ PROPOSER_FAILURES_TO_PAUSE = 3  # failed proposals in a row (after the SDK's own
 
 
 class Executor(Protocol):
+    """Runs Runs on Slots. A candidate's failure is an outcome; this machine's failure
+    raises ExecutorError. An INTERRUPTED outcome with extra["ran"] False never started (its
+    slot was gone): it is queued again without counting an attempt. An executor whose slots
+    change may also have `async refresh_slots()` (see engine/ray_executor.py)."""
+
     slots: list[Slot]
 
     async def execute(
