@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A research session on the lent GPU machine (no network, none of our packages).
 #
-#   benchmarks/gpu_session.sh start TASK PROFILE BUDGET   # start the engine, detached
+#   benchmarks/gpu_session.sh start TASK PROFILE BUDGET   # `threadlab run` with its TUI, in tmux
 #   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
+#   benchmarks/gpu_session.sh screen NAME                 # the TUI as it is now: $OUT/NAME.ansi
 #   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json
 #
 # Carried in the working tree, git-ignored (name them all in every call's carry: an
 # ignored path not carried is removed by the next call, even under a running engine):
 # .whl/ (wheels of our pure dependencies for Python 3.12: aiosqlite optuna sqlalchemy
-# alembic colorlog mako watchfiles greenlet), .bw/ (bubblewrap, `dpkg -x` of its Debian
-# package) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
+# alembic colorlog mako watchfiles greenlet, and textual with the versions of its own
+# dependencies that we test with), .bw/ (`dpkg -x` of the Debian packages of bubblewrap, tmux,
+# libevent-core and libutempter) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
 # State lives in /tmp/threadlab-session, which outlives one call while the machine stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,15 +21,21 @@ if [ ! -d "$S/site" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
 fi
 export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$PWD/.gpudata" PYTHONUNBUFFERED=1
+export LD_LIBRARY_PATH="$PWD/.bw/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # tmux's libevent
 DB="$S/state.db"
+TMUX_CMD=(tmux -L threadlab -f /dev/null)
 
 case "$1" in
 start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 1000 > "$S/nvidia-smi.csv" 2>/dev/null < /dev/null &
-  python3 -m engine.cli run "$PWD/tasks/$2" --profile "$3" --threads 2 --budget "$4" --detach --db "$DB"
+  # the TUI in a real terminal (tmux) for the whole session; the engine it starts is detached
+  # (the pane stays after the TUI exits, so that `screen` shows why)
+  "${TMUX_CMD[@]}" new-session -d -s session -x 180 -y 50 -e COLORTERM=truecolor \
+    "python3 -m engine.cli run '$PWD/tasks/$2' --profile '$3' --threads 2 --budget '$4' --db '$DB'; echo TUI exited \$?; sleep 86400"
   sleep 60
+  "${TMUX_CMD[@]}" capture-pane -p -t session | head -12
   python3 -m engine.cli status --db "$DB" || true
   ;;
 wait)
@@ -38,6 +46,11 @@ wait)
     head -4 "$S/status.txt"
     grep -q "engine: stopped" "$S/status.txt" && break
   done
+  ;;
+screen)
+  mkdir -p "$OUT"
+  "${TMUX_CMD[@]}" capture-pane -p -e -t session > "$OUT/$2.ansi"
+  "${TMUX_CMD[@]}" capture-pane -p -t session
   ;;
 report)
   mkdir -p "$OUT"

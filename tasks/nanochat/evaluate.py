@@ -33,7 +33,6 @@ import json
 import math
 import mmap
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -86,19 +85,10 @@ class CandidateModel:
         buffer_fd = os.memfd_create("logits")
         os.ftruncate(buffer_fd, self.capacity)
         self.buffer = mmap.mmap(buffer_fd, self.capacity)
-        # On a GPU the logits stay on it: a device buffer shared with the model process.
-        self.cuda_buffer = None
-        cuda_handle = None
-        if device == "cuda":
-            from torch.multiprocessing.reductions import reduce_tensor
-
-            self.cuda_buffer = torch.empty(self.capacity, dtype=torch.uint8, device=device)
-            cuda_handle = pickle.dumps(reduce_tensor(self.cuda_buffer)).hex()
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         config = {"vocab": VOCAB, "size": SIZE, "weights": os.path.join(OUT, "model.pt"), "device": device,
-                  "in_fd": request_r, "out_fd": reply_w, "buffer_fd": buffer_fd, "buffer_bytes": self.capacity,
-                  "cuda_buffer": cuda_handle}
+                  "in_fd": request_r, "out_fd": reply_w, "buffer_fd": buffer_fd, "buffer_bytes": self.capacity}
         env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLAB_")}
         self.proc = subprocess.Popen([sys.executable, "model_worker.py", json.dumps(config)],
                                      pass_fds=(request_r, reply_w, buffer_fd), env=env)
@@ -140,10 +130,7 @@ class CandidateModel:
                              f"({message.get('dtype')}); expected {expected} (float)")
         dtype = DTYPES[message["dtype"]]
         n = math.prod(expected)
-        if message.get("where") == "cuda" and self.cuda_buffer is not None:
-            view = self.cuda_buffer[: n * dtype.itemsize].view(dtype)
-        else:
-            view = torch.frombuffer(self.buffer, dtype=dtype, count=n)
+        view = torch.frombuffer(self.buffer, dtype=dtype, count=n)
         return view.view(*expected).to(self.device, torch.float32, copy=True)
 
     def close(self) -> None:
@@ -360,8 +347,7 @@ def main() -> None:
         "metric": val_bpb if math.isfinite(val_bpb) else None,
         "audits": audits.items,
         "extra": {"audit_bpb": audit_bpb, "audit_gap": audit_bpb - val_bpb, "params": n_params,
-                  "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS)),
-                  "logits_via": "cuda_ipc" if model.facts.get("cuda_ipc") else "host"},
+                  "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS))},
     }
     json.dump(result, channel)
     channel.close()

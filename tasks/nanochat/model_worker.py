@@ -6,21 +6,21 @@ pipes to talk through. It imports the candidate's train.py, loads the saved
 weights and answers forward calls: evaluate.py writes a JSON line {"shape": [B, T]}
 followed by B*T int64 token ids; this process writes the logits into the buffer and
 answers one JSON line {"shape": [B, T, V], "dtype": "float32"} (or {"error": "..."}).
-On a GPU the buffer is device memory that evaluate.py shares through CUDA IPC (no copy
-through the host); where that is not possible, a shared memory file (memfd) is used.
+The buffer is a shared memory file (memfd). Not CUDA IPC: in the sandbox (no ptrace of
+the parent, its own /dev/shm that evaluate.py empties between model processes) opening the
+handle failed on an H100 and its reference-count file broke evaluate.py's exit.
 
 Whatever the candidate's code does in here, it can only choose the logits it returns:
 the loss, the byte counts and every audit are computed by evaluate.py.
 
     python model_worker.py CONFIG_JSON
 CONFIG_JSON: {"vocab", "size", "weights", "device", "in_fd", "out_fd", "buffer_fd",
-"buffer_bytes", "cuda_buffer": hex of a pickled CUDA IPC handle, or null}
+"buffer_bytes"}
 """
 
 import json
 import mmap
 import os
-import pickle
 import sys
 import traceback
 
@@ -45,19 +45,6 @@ def load(config: dict):
     return model, {"params": params, "missing": list(missing)[:10], "unexpected": list(unexpected)[:10]}
 
 
-def open_cuda_buffer(config: dict):
-    """evaluate.py's device buffer (a uint8 tensor), or None where CUDA IPC fails."""
-    if not config.get("cuda_buffer"):
-        return None
-    try:
-        rebuild, args = pickle.loads(bytes.fromhex(config["cuda_buffer"]))  # from the trusted side
-        return rebuild(*args)
-    except Exception as exc:
-        print(f"CUDA IPC unavailable ({type(exc).__name__}: {exc}); logits go through host memory",
-              file=sys.stderr)
-        return None
-
-
 def compact(logits: torch.Tensor) -> torch.Tensor:
     """bfloat16 when that loses nothing (float32 logits of a bfloat16 matmul): half the bytes."""
     if logits.dtype == torch.float32 and logits.is_cuda:
@@ -67,7 +54,7 @@ def compact(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def serve(model, config: dict, requests, replies, buffer: mmap.mmap, cuda_buffer) -> None:
+def serve(model, config: dict, requests, replies, buffer: mmap.mmap) -> None:
     device = config["device"]
     while header := requests.readline():
         b, t = json.loads(header)["shape"]
@@ -83,13 +70,8 @@ def serve(model, config: dict, requests, replies, buffer: mmap.mmap, cuda_buffer
             if size > len(buffer):
                 raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, "
                                  f"larger than expected")
-            if cuda_buffer is not None:
-                cuda_buffer[:size].view(logits.dtype).copy_(logits.reshape(-1))
-                torch.cuda.synchronize()  # done before evaluate.py reads it
-            else:
-                torch.frombuffer(buffer, dtype=logits.dtype, count=logits.numel()).copy_(logits.reshape(-1))
-            reply(replies, shape=list(logits.shape), dtype=DTYPES[logits.dtype],
-                  where="cuda" if cuda_buffer is not None else "host")
+            torch.frombuffer(buffer, dtype=logits.dtype, count=logits.numel()).copy_(logits.reshape(-1))
+            reply(replies, shape=list(logits.shape), dtype=DTYPES[logits.dtype])
         except Exception as exc:  # the candidate's failure, reported to the evaluator
             traceback.print_exc()
             reply(replies, error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -110,9 +92,8 @@ def main() -> None:
         traceback.print_exc()
         reply(replies, error=f"loading the model failed: {type(exc).__name__}: {exc}"[:2000])
         return
-    cuda_buffer = open_cuda_buffer(config)
-    reply(replies, ready=True, cuda_ipc=cuda_buffer is not None, **facts)
-    serve(model, config, requests, replies, buffer, cuda_buffer)
+    reply(replies, ready=True, **facts)
+    serve(model, config, requests, replies, buffer)
 
 
 if __name__ == "__main__":
