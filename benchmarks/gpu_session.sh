@@ -57,6 +57,14 @@ report)
   python3 -m engine.cli status --db "$DB" > "$OUT/$2-status.txt" 2>&1 || true
   python3 benchmarks/session_report.py "$DB" --nvidia-smi "$S/nvidia-smi.csv" --out "$OUT/$2.json"
   cp "$S/nvidia-smi.csv" "$OUT/$2-nvidia-smi.csv"
+  # what each training run said about itself (tokens, train_s, compile cache), in one file
+  python3 - "$S" "$OUT/$2-harness.json" <<'PY'
+import json, pathlib, sys
+runs = pathlib.Path(sys.argv[1]) / "state.run" / "runs"
+found = {p.parent.parent.name: json.loads(p.read_text()) for p in runs.glob("*/out/harness.json")}
+pathlib.Path(sys.argv[2]).write_text(json.dumps(dict(sorted(found.items(), key=lambda kv: int(kv[0]))), indent=1))
+PY
+  cp "$S/state.run/prepare.log" "$OUT/$2-prepare.log" 2>/dev/null || true
   # the runs' own logs, for the note: evaluator timings and isolation
   for d in $(find "$S" -maxdepth 6 -name eval.log | head -3); do echo "== $d"; tail -5 "$d"; done
   ;;
