@@ -20,7 +20,10 @@ mkdir -p "$S"
 if [ ! -d "$S/site" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
 fi
-export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$PWD/.gpudata" PYTHONUNBUFFERED=1
+# the data outside the working tree: each call re-syncs .gpudata, which would delete what the
+# session adds there (the compile cache) under the running engine
+[ -d "$S/data" ] || cp -r .gpudata "$S/data"
+export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$S/data" PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH="$PWD/.bw/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # tmux's libevent
 DB="$S/state.db"
 TMUX_CMD=(tmux -L threadlab -f /dev/null)
