@@ -48,7 +48,7 @@ from engine.models import (
 )
 from engine.proposers.base import Attempt, LessonView, ProposalContext, Proposer, ProposerError
 from engine.records import NodeRow, RunRow, ThreadRow
-from engine.stats import compare
+from engine.stats import TargetTest, beyond_target, compare
 from engine.store import Store
 from engine.taskfile import TaskSpec, load_task
 from engine.workspace import Workspace
@@ -119,6 +119,22 @@ def _tail_text(path: Path, lines: int = 40, limit: int = 64_000) -> str:
     except OSError:
         return ""
     return "\n".join(data.strip().splitlines()[-lines:])
+
+
+def constraint_test(task: TaskSpec, runs: list[RunRow], seeds: tuple[int, ...]) -> TargetTest:
+    """The task's [accept] constraint on the seeds' latest good runs (those whose metric the
+    judge compares): the mean of extra[key] beyond the target by a one-sample t-test."""
+    rule = task.accept
+    assert rule is not None
+    values: dict[int, Any] = {}
+    for r in runs:  # in run order: the latest good run of a seed wins, as in _metrics
+        if r.status == RunStatus.DONE and r.metric is not None:
+            values[r.seed] = r.extra.get(rule.key)
+    found = [values.get(s) for s in seeds]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in found):
+        return TargetTest(math.nan, rule.target, 1.0, False,
+                          f"the runs on seeds {list(seeds)} do not all report a finite {rule.key}: {found}")
+    return beyond_target([float(v) for v in found], rule.target, rule.below, rule.alpha, rule.key)
 
 
 def idea_of(origin: dict[str, Any], title: str) -> str:
@@ -245,8 +261,8 @@ class Engine:
         if task.prepare_command:
             await self._prepare()
         repo = self.run_root / "repos" / f"{task.name}-{task.profile}"
-        self.ws = await asyncio.to_thread(Workspace.open_or_create, repo, task.path, task.private)
-        changed = await asyncio.to_thread(self.ws.changed_since_root, task.path, task.private)
+        self.ws = await asyncio.to_thread(Workspace.open_or_create, repo, task.path, task.private, task.include)
+        changed = await asyncio.to_thread(self.ws.changed_since_root, task.path, task.private, task.include)
         if changed:  # its nodes were built on the old harness: never mix the two silently
             raise ThreadlabError(
                 f"task {task.name} has changed since this database's sessions began: {', '.join(changed[:5])}",
@@ -731,9 +747,17 @@ class Engine:
             await self._judge_candidate(await self.store.node(node.id))
             return
         result = compare(cand, par, task.direction, task.confidence, task.noise_floor)
-        status = NodeStatus.ACCEPTED if result.accepted else NodeStatus.REJECTED
-        await self._finish(node, status, result.reason, metrics, effect=result.improvement, p_value=result.p_value,
-                           details={"candidate": cand, "parent": par, "seeds": list(seeds)})
+        accepted, reason = result.accepted, result.reason
+        details: dict[str, Any] = {"candidate": cand, "parent": par, "seeds": list(seeds)}
+        if task.accept is not None:  # the task's constraint, e.g. the speedrun's loss target
+            check = constraint_test(task, runs, seeds)
+            details["accept"] = dataclasses.asdict(check)
+            if not check.passed:
+                accepted = False
+                reason = f"{check.reason}; {task.metric_name}: {result.reason}"
+        status = NodeStatus.ACCEPTED if accepted else NodeStatus.REJECTED
+        await self._finish(node, status, reason, metrics, effect=result.improvement, p_value=result.p_value,
+                           details=details)
 
     async def _finish(
         self,

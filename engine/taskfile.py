@@ -7,6 +7,8 @@ and what is allowed. Example:
     description = "Find the minimum of a noisy bowl."
     editable = ["solution.py"]            # the only files proposals may change
     private = ["data/val.json"]           # hidden from the candidate, read by the evaluator
+    include = ["../shared/*.py"]          # harness files kept elsewhere: they join the task's
+                                          # files (protected); a file of this folder wins
     default_profile = "smoke"
 
     [metric]
@@ -30,6 +32,11 @@ and what is allowed. Example:
     confidence = 0.95
     noise_floor = 0.0
 
+    [accept]                              # a constraint every accepted node must also meet:
+    extra = "val_loss"                    # this key of the evaluator's extra, on the validation
+    below = "{params.target}"             # seeds, has a mean below (or `above`) this number
+    alpha = 0.01                          # (one-sided one-sample t-test, p < alpha)
+
     [profiles.smoke]                      # overrides any of budget/seeds/evaluate/metric + params
     params = { steps = 10 }
     metric = { name = "smoke_loss" }      # a profile that measures something else names it
@@ -37,6 +44,8 @@ and what is allowed. Example:
 
 from __future__ import annotations
 
+import glob
+import math
 import os
 import re
 import sys
@@ -54,9 +63,22 @@ PLAYBOOK_FILE = "playbook.toml"
 _TOP_KEYS = {
     "name", "description", "editable", "private", "notes", "default_profile",
     "gpu_profile", "metric", "run", "evaluate", "prepare", "budget", "seeds", "profiles", "guards",
+    "include", "accept",
 }
 _PROFILE_KEYS = {"budget", "seeds", "evaluate", "params", "device", "description", "metric"}
 _METRIC_KEYS = {"name", "direction", "unit"}
+_ACCEPT_KEYS = {"extra", "below", "above", "alpha"}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """[accept]: the mean of the evaluator's extra[key] over the validation seeds must be
+    below (or above) `target`, by a one-sided one-sample t-test at level alpha."""
+
+    key: str
+    target: float
+    below: bool  # False: above
+    alpha: float
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,10 @@ class TaskSpec:
     required_audits: tuple[str, ...] = ()
     prepare_command: tuple[str, ...] = ()  # run once before the session, outside the sandbox
     notes: str = ""
+    # files from outside the folder that are part of the task (name in the task -> absolute
+    # source path): a harness shared between tasks, protected like the task's own files
+    include: dict[str, str] = field(default_factory=dict)
+    accept: Constraint | None = None  # what an accepted node must also meet ([accept])
 
     @property
     def data_dir(self) -> Path:
@@ -301,6 +327,8 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         raise _err(where, pw + "device", f"must be 'cpu' or 'gpu', got {device!r}")
 
     return TaskSpec(
+        include=_include(doc, path, where),
+        accept=_accept(doc, params, where),
         name=_get(doc, "name", str, where, "", path.name),
         path=path,
         description=_get(doc, "description", str, where, "", ""),
@@ -330,6 +358,49 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         required_audits=_str_list(guards, "required_audits", where, "guards.", []),
         notes=_read_notes(path, _get(doc, "notes", str, where, "", "")),
     )
+
+
+def _include(doc: dict, path: Path, where: Path) -> dict[str, str]:
+    """`include` patterns -> {name: absolute path}; a file of the task folder wins."""
+    found: dict[str, str] = {}
+    for pattern in _str_list(doc, "include", where, default=[]):
+        matches = sorted(p for p in glob.glob(str(path / pattern)) if os.path.isfile(p))
+        if not matches:
+            raise _err(where, "include", f"pattern {pattern!r} matches no file (relative to {path})")
+        for match in matches:
+            name, source = os.path.basename(match), os.path.realpath(match)
+            if (path / name).exists() or found.get(name) == source:
+                continue
+            if name in found:
+                raise _err(where, "include", f"brings two files named {name!r}: {found[name]} and {source}")
+            found[name] = source
+    return found
+
+
+def _accept(doc: dict, params: dict[str, Any], where: Path) -> Constraint | None:
+    table = _get(doc, "accept", dict, where, "", None)
+    if table is None:
+        return None
+    _check_keys(table, _ACCEPT_KEYS, where, "accept.")
+    key = _get(table, "extra", str, where, "accept.")
+    if not key.strip():
+        raise _err(where, "accept.extra", "must name a key of the evaluator's extra")
+    sides = [side for side in ("below", "above") if side in table]
+    if len(sides) != 1:
+        raise _err(where, "accept.below", "or `accept.above` must be given, exactly one of them")
+    side = sides[0]
+    raw = _get(table, side, (int, float, str), where, "accept.")
+    text = _expand(raw, params, where, f"accept.{side}") if isinstance(raw, str) else raw
+    try:
+        target = float(text)
+    except (TypeError, ValueError):
+        target = math.nan
+    if not math.isfinite(target):
+        raise _err(where, f"accept.{side}", f"must be a finite number or \"{{params.NAME}}\" naming one, got {raw!r}")
+    alpha = _get(table, "alpha", float, where, "accept.", 0.05)
+    if not 0 < alpha <= 0.5:
+        raise _err(where, "accept.alpha", f"must be in (0, 0.5], got {alpha}")
+    return Constraint(key=key, target=target, below=side == "below", alpha=alpha)
 
 
 def _read_notes(path: Path, name: str) -> str:

@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from engine.edits import apply_edits, normalize_path
@@ -71,9 +71,12 @@ class Workspace:
     # ----- opening -----------------------------------------------------------------
 
     @classmethod
-    def open_or_create(cls, repo_dir: Path, task_dir: Path,
-                       exclude: Sequence[str] = ()) -> Workspace:
-        """Open the repository at repo_dir, or create it with task_dir as the root commit."""
+    def open_or_create(cls, repo_dir: Path, task_dir: Path, exclude: Sequence[str] = (),
+                       include: Mapping[str, str] | None = None) -> Workspace:
+        """Open the repository at repo_dir, or create it with task_dir as the root commit.
+
+        include: more files of the task that live elsewhere ({name: path}, the task's
+        `include`): they join the root commit's top level under their names."""
         repo_dir = Path(repo_dir).resolve()
         task_dir = Path(task_dir).resolve()
         with _repo_lock(repo_dir):
@@ -93,7 +96,7 @@ class Workspace:
                         f"task folder {task_dir} does not exist",
                         hint="pass the folder that holds the task's task.toml",
                     )
-                root = ws._import_tree(task_dir, _skipped(repo_dir, task_dir, exclude))
+                root = ws._import_tree(task_dir, _skipped(repo_dir, task_dir, exclude), include or {})
                 ws._git("update-ref", ROOT_REF, root)
             ws._root_sha = root
             return ws
@@ -102,38 +105,39 @@ class Workspace:
     def root_sha(self) -> str:
         return self._root_sha
 
-    def changed_since_root(self, task_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
-        """The files of task_dir that differ from the root commit's (the task's seed code and
-        harness as this repository first took them)."""
+    def changed_since_root(self, task_dir: Path, exclude: Sequence[str] = (),
+                           include: Mapping[str, str] | None = None) -> list[str]:
+        """The files of task_dir (and its included ones) that differ from the root commit's
+        (the task's seed code and harness as this repository first took them)."""
         task_dir = Path(task_dir).resolve()
-        tree = self._tree_of(task_dir, _skipped(self.repo_dir, task_dir, exclude))
+        tree = self._tree_of(task_dir, _skipped(self.repo_dir, task_dir, exclude), include or {})
         root_tree = self._git("rev-parse", f"{self.root_sha}^{{tree}}").decode().strip()
         if tree == root_tree:
             return []
         return self._git("diff", "--name-only", "--no-renames", root_tree, tree).decode().split()
 
-    def _import_tree(self, task_dir: Path, skip: set[Path]) -> str:
-        tree = self._tree_of(task_dir, skip)
+    def _import_tree(self, task_dir: Path, skip: set[Path], include: Mapping[str, str]) -> str:
+        tree = self._tree_of(task_dir, skip, include)
         message = f"baseline: {task_dir.name}"
         return self._git("commit-tree", tree, "-F", "-", input=message.encode()).decode().strip()
 
-    def _tree_of(self, task_dir: Path, skip: set[Path]) -> str:
+    def _tree_of(self, task_dir: Path, skip: set[Path], include: Mapping[str, str]) -> str:
         entries: list[tuple[str, str, str]] = []  # (mode, blob, path)
-        regular: list[tuple[str, Path]] = []
+        regular: list[tuple[str, Path, str]] = []  # (mode, file, path in the tree)
         for path in _walk(task_dir, skip):
             rel = path.relative_to(task_dir).as_posix()
             if path.is_symlink():
                 blob = self._hash_blob(os.readlink(path).encode())
                 entries.append((_SYMLINK, blob, rel))
             else:
-                mode = _EXECUTABLE if os.stat(path).st_mode & stat.S_IXUSR else _REGULAR
-                regular.append((mode, path))
+                regular.append((_mode(path), path, rel))
+        regular += [(_mode(Path(source)), Path(source), name) for name, source in sorted(include.items())]
         if regular:
-            listing = "".join(f"{p}\n" for _, p in regular).encode()
+            listing = "".join(f"{p}\n" for _, p, _ in regular).encode()
             out = self._git("hash-object", "-w", "--no-filters", "--stdin-paths", input=listing)
             blobs = out.decode().split()
-            for (mode, path), blob in zip(regular, blobs, strict=True):
-                entries.append((mode, blob, path.relative_to(task_dir).as_posix()))
+            for (mode, _, rel), blob in zip(regular, blobs, strict=True):
+                entries.append((mode, blob, rel))
         return self._write_tree(None, entries)
 
     # ----- reading -----------------------------------------------------------------
@@ -355,6 +359,10 @@ class Workspace:
                 raise WorkspaceError(f"file '{path}' in commit {commit[:10]} is not UTF-8 text",
                                      hint="only text files can be read or edited") from exc
         return found
+
+
+def _mode(path: Path) -> str:
+    return _EXECUTABLE if os.stat(path).st_mode & stat.S_IXUSR else _REGULAR
 
 
 def _skipped(repo_dir: Path, task_dir: Path, exclude: Sequence[str]) -> set[Path]:

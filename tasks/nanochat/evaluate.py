@@ -2,7 +2,16 @@
 
 val_bpb = sum of per-token cross-entropy (nats) over target tokens with a byte length,
 divided by ln 2 times the UTF-8 bytes of those targets; special tokens count zero bytes
-and drop out of both sums. The log-softmax and the byte counts are this file's own.
+and drop out of both sums. val_loss = mean cross-entropy (nats) over every target token.
+The log-softmax and the byte counts are this file's own.
+
+Two objectives, chosen by the profile's params (the speedrun task includes this file):
+
+  objective = "val_bpb"       (nanochat, the default) the metric is val_bpb
+  objective = "time_to_loss"  (speedrun) the metric is the run's time in seconds as the
+                              executor measured it from outside the candidate
+                              (THREADLAB_RUN_S), provided val_loss <= params.target_loss;
+                              a run above the target fails, its loss in the error and extra
 
 Trust boundary: this process never imports the candidate's code. The candidate's model
 runs in model_worker.py, a child without the result channel or the private data: the
@@ -22,7 +31,8 @@ reported under its own name:
   audit.causality    a fresh model process, given rows whose tokens after a secret
                      position t are other real text, reproduces the scored logits up to t
   audit.stateless    a batch evaluated twice, at different times, gives the same loss
-  audit.printed_metric  a val_bpb printed by the candidate is only reported when it lies
+  audit.printed_metric  a val_bpb or val_loss printed by the candidate is only reported
+                     when it lies (a printed time is just log: the executor's clock counts)
 
 The val/audit gap (extra.audit_gap) is compared with the baseline's by the engine.
 """
@@ -55,6 +65,9 @@ BATCH = int(PARAMS.get("eval_batch", 8))
 EVAL_TOKENS = int(PARAMS.get("eval_tokens", 1 << 20))
 MAX_PARAMS = int(PARAMS.get("max_params", 200_000_000))
 RUN_LIMIT_S = float(PARAMS.get("train_s", 300)) + float(PARAMS.get("startup_allowance_s", 60))
+OBJECTIVE = PARAMS.get("objective", "val_bpb")
+OBJECTIVES = ("val_bpb", "time_to_loss")
+TARGET_LOSS = float(PARAMS.get("target_loss", "nan"))
 OUT = os.environ.get("THREADLAB_OUT", ".")
 RUN_DIR = os.environ.get("THREADLAB_RUN_DIR", "")
 LN2 = math.log(2)
@@ -154,19 +167,20 @@ def windows(tokens: np.ndarray, limit: int) -> list[tuple[torch.Tensor, torch.Te
     return [(b[:, :-1], b[:, 1:]) for b in batches if len(b) == BATCH]  # one shape: no tell-tale tail
 
 
-def nats_bytes(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
-    """(sum of target nats over byte-bearing tokens, their byte count) for one batch."""
+def batch_sums(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int, float]:
+    """(target nats over byte-bearing tokens, their byte count, target nats over all tokens)
+    for one batch."""
     y = y.to(logits.device)
     logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # our own log-softmax
     nats = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     nbytes = token_bytes[y]
     mask = nbytes > 0
-    return float(nats[mask].double().sum()), int(nbytes[mask].sum())
+    return float(nats[mask].double().sum()), int(nbytes[mask].sum()), float(nats.double().sum())
 
 
 def score(model: CandidateModel, val, audit_split, token_bytes, audits: Audits):
-    """val and audit bpb, with the statelessness audit mixed in secretly; also the
-    causality probes (spliced val rows) and the logits they must reproduce."""
+    """{val_bpb, audit_bpb, val_loss}, with the statelessness audit mixed in secretly; also
+    the causality probes (spliced val rows) and the logits they must reproduce."""
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # unknown to the candidate
     scored = {"val": windows(val, EVAL_TOKENS), "audit": windows(audit_split, EVAL_TOKENS)}
     n_val = len(scored["val"])
@@ -181,26 +195,27 @@ def score(model: CandidateModel, val, audit_split, token_bytes, audits: Audits):
     jobs = [(split, i) for split in scored for i in range(len(scored[split]))] + [("repeat", i) for i in repeats]
     rng.shuffle(jobs)
 
-    totals = {"val": [0.0, 0], "audit": [0.0, 0]}
+    totals = {"val": [0.0, 0, 0.0, 0], "audit": [0.0, 0, 0.0, 0]}  # byte nats, bytes, all nats, tokens
     first_nats, second_nats = {}, {}  # val batch -> nats at its scored and its repeated call
     expected: dict[int, torch.Tensor] = {}  # probe -> the scored logits up to its t (2 rows)
     watched = {i: [k for k, p in enumerate(probes) if p[0] == i] for i, _, _ in probes}
     for kind, i in jobs:
         x, y = scored["val" if kind == "repeat" else kind][i]
         logits = model.forward(x)
-        nats, nbytes = nats_bytes(logits, y, token_bytes)
+        nats, nbytes, all_nats = batch_sums(logits, y, token_bytes)
         if kind == "repeat":
             second_nats[i] = nats
             continue
-        totals[kind][0] += nats
-        totals[kind][1] += nbytes
+        for k, value in enumerate((nats, nbytes, all_nats, y.numel())):
+            totals[kind][k] += value
         if kind == "val":
             first_nats[i] = nats
             for k in watched.get(i, []):
                 expected[k] = logits[:2, : probes[k][1] + 1]
     stateless(first_nats, second_nats, model.device, audits)
-    val_bpb, audit_bpb = (total / (LN2 * max(1, nbytes)) for total, nbytes in (totals["val"], totals["audit"]))
-    return val_bpb, audit_bpb, probes, expected
+    val_bpb, audit_bpb = (t[0] / (LN2 * max(1, t[1])) for t in (totals["val"], totals["audit"]))
+    val_loss = totals["val"][2] / max(1, totals["val"][3])
+    return {"val_bpb": val_bpb, "audit_bpb": audit_bpb, "val_loss": val_loss}, probes, expected
 
 
 def forget(model: CandidateModel) -> None:
@@ -266,15 +281,20 @@ def stateless(first: dict, second: dict, device: str, audits: Audits) -> None:
                first=[first[i] for i in second], second=list(second.values()))
 
 
-def printed_metric(measured: float, audits: Audits) -> None:
-    """A candidate that prints a val_bpb other than the measured one is trying to mislead."""
+def printed_metric(measured: dict[str, float], audits: Audits) -> None:
+    """A candidate that prints a val_bpb or val_loss other than the measured one is trying
+    to mislead."""
     log = os.path.join(RUN_DIR, "stdout.log")
     text = open(log, errors="replace").read()[-1_000_000:] if os.path.exists(log) else ""
-    claims = [float(m) for m in re.findall(r"val_bpb\W{0,3}\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)", text)]
-    lies = [c for c in claims if abs(c - measured) > 0.01]
-    audits.add("audit.printed_metric", not lies,
-               "" if not lies else f"the candidate printed val_bpb {lies[-1]:.4g}; the evaluator measured {measured:.4g}",
-               printed=lies[-5:], measured=measured)
+    lies = []  # (name, printed value)
+    for name, value in measured.items():
+        claims = re.findall(name + r"\W{0,3}\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)", text)
+        lies += [(name, float(c)) for c in claims if abs(float(c) - value) > 0.01]
+    message = ""
+    if lies:
+        name, claim = lies[-1]
+        message = f"the candidate printed {name} {claim:.4g}; the evaluator measured {measured[name]:.4g}"
+    audits.add("audit.printed_metric", not lies, message, printed=lies[-5:], measured=measured)
 
 
 def saved_parameters(path: str) -> int:
@@ -309,6 +329,11 @@ def main() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     channel = os.fdopen(int(os.environ["THREADLAB_RESULT_FD"]), "w")
     os.set_inheritable(channel.fileno(), False)
+    if OBJECTIVE not in OBJECTIVES or (OBJECTIVE == "time_to_loss" and not math.isfinite(TARGET_LOSS)):
+        json.dump({"metric": None, "audits": [], "error": f"params.objective is {OBJECTIVE!r}: expected one of "
+                   f"{', '.join(OBJECTIVES)} (time_to_loss also needs a numeric params.target_loss)"}, channel)
+        channel.close()
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -326,7 +351,7 @@ def main() -> None:
     try:
         model = CandidateModel(device)
         n_params = check_model(model, audits)
-        val_bpb, audit_bpb, probes, expected = score(model, val, audit_split, token_bytes, audits)
+        scores, probes, expected = score(model, val, audit_split, token_bytes, audits)
         forget(model)
         fresh = CandidateModel(device)
         causality(fresh, probes, expected, audits)
@@ -339,18 +364,29 @@ def main() -> None:
             if process is not None:
                 process.close()
     eval_s = time.time() - t0
-    finite = math.isfinite(val_bpb) and math.isfinite(audit_bpb)
-    audits.add("audit.finite", finite, "" if finite else "val or audit bpb is not finite",
-               val_bpb=val_bpb, audit_bpb=audit_bpb)
-    printed_metric(val_bpb, audits)
+    val_bpb, audit_bpb, val_loss = scores["val_bpb"], scores["audit_bpb"], scores["val_loss"]
+    finite = all(math.isfinite(v) for v in scores.values())
+    audits.add("audit.finite", finite, "" if finite else "val_bpb, audit_bpb or val_loss is not finite", **scores)
+    printed_metric({"val_bpb": val_bpb, "val_loss": val_loss}, audits)
     result = {
         "metric": val_bpb if math.isfinite(val_bpb) else None,
         "audits": audits.items,
-        "extra": {"audit_bpb": audit_bpb, "audit_gap": audit_bpb - val_bpb, "params": n_params,
+        "extra": {"audit_bpb": audit_bpb, "audit_gap": audit_bpb - val_bpb, "val_loss": val_loss, "params": n_params,
                   "eval_s": round(eval_s, 3), "eval_tokens": int(min(len(val), EVAL_TOKENS))},
     }
+    if OBJECTIVE == "time_to_loss":
+        result.update(time_to_loss(run_s, val_loss))
     json.dump(result, channel)
     channel.close()
+
+
+def time_to_loss(run_s: float, val_loss: float) -> dict:
+    """The speedrun's rule: the metric is the run's time, measured by the executor from
+    outside the candidate, if the model reached the target loss; else the run failed."""
+    if val_loss <= TARGET_LOSS:  # False for nan
+        return {"metric": run_s}
+    return {"metric": None, "error": f"val_loss {val_loss:.4f} is above the target {TARGET_LOSS:.4f}: "
+                                     f"the run ({run_s:.1f} s) did not reach it"}
 
 
 if __name__ == "__main__":
