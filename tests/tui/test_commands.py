@@ -73,6 +73,8 @@ async def test_d_prunes_only_when_confirmed_and_says_how_many_runs_it_kills(tmp_
                                  "WHERE n.thread_id = 1 AND r.status = 'running'")
         assert running >= 1 and f"{running} running run{'s' if running > 1 else ''} will be killed" in \
             app.screen.message
+        # focus lands in the screen's on_mount, a message after the screen is pushed
+        await wait_for(lambda: app.screen.focused is not None, 5, "a focused button")
         assert app.screen.focused.id == "cancel"
         await send_keys(app, "enter")  # Cancel
         await wait_for(lambda: not isinstance(app.screen, ConfirmScreen), 5, "the confirmation to close")

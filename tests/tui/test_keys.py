@@ -300,6 +300,7 @@ async def test_d_asks_with_the_running_runs_and_starts_on_cancel(static_db):
         await wait_for(lambda: isinstance(app.screen, ConfirmScreen), 5, "the prune confirmation")
         screen = app.screen
         assert screen.title_text == "Prune thread t1?" and "1 running run will be killed" in screen.message
+        await wait_for(lambda: screen.focused is not None, 5, "a focused button")  # set in on_mount
         assert screen.focused.id == "cancel"
         await pilot.press("enter")
         assert not isinstance(app.screen, ConfirmScreen)
