@@ -180,6 +180,10 @@ class Engine:
         self._wake_dispatch = asyncio.Event()
         self._wake_plan = asyncio.Event()
         self._judge_lock = asyncio.Lock()
+        # tree id -> the commit of the first node with that code (None until first used);
+        # the lock makes "is it new?" and "it is known now" one step for concurrent proposals
+        self._trees: dict[str, str] | None = None
+        self._trees_lock = asyncio.Lock()
         self._materialize_locks: dict[int, asyncio.Lock] = {}
         self._elapsed = 0.0
         self._infra_failures = 0  # runs in a row that this machine could not start
@@ -1030,6 +1034,13 @@ class Engine:
             )
             await self._finish(await self.store.node(node_id), NodeStatus.FAILED, str(exc), {})
             return node_id
+        duplicate = await self._same_code_as(sha)
+        if duplicate is not None:  # e.g. one idea picked by two threads, or a merge that adds nothing
+            node_id = await self.store.add_node(**common, commit_sha=sha, status=NodeStatus.FAILED, error=duplicate,
+                                                parent2_id=other.id if other else None)
+            await asyncio.to_thread(self.ws.keep, node_id, sha)
+            await self._finish(await self.store.node(node_id), NodeStatus.FAILED, duplicate, {})
+            return node_id
         before = await asyncio.to_thread(self.ws.read_files, parent.commit_sha, list(task.editable))
         after = await asyncio.to_thread(self.ws.read_files, sha, list(task.editable))
         findings = guards.check_change(before, after, task.forbidden)
@@ -1047,6 +1058,29 @@ class Engine:
         await self._materialize(await self.store.node(node_id))
         self._wake_dispatch.set()
         return node_id
+
+    async def _same_code_as(self, sha: str) -> str | None:
+        """Why sha is not worth running: its code is an existing node's (None if it is new).
+        The same code on the same seeds says nothing new, and twice the runs."""
+        assert self.ws is not None
+        async with self._trees_lock:
+            if self._trees is None:
+                rows = await self.store.rows(
+                    "SELECT commit_sha FROM nodes WHERE task_id = ? AND commit_sha IS NOT NULL ORDER BY id",
+                    (self.task_id,))
+                shas = [r["commit_sha"] for r in rows]
+                self._trees = {}
+                for known, tree in zip(shas, await asyncio.to_thread(self.ws.trees, shas), strict=True):
+                    self._trees.setdefault(tree, known)
+            (tree,) = await asyncio.to_thread(self.ws.trees, [sha])
+            first = self._trees.get(tree)
+            if first is None:
+                self._trees[tree] = sha
+                return None
+        rows = await self.store.rows("SELECT id, title, status FROM nodes WHERE commit_sha = ? ORDER BY id LIMIT 1",
+                                     (first,))
+        what = f"node #{rows[0]['id']} ({rows[0]['title']!r}, {rows[0]['status']})" if rows else "a node being added"
+        return f"the same code as {what}: not run again"
 
     async def node_report(self, node_id: int) -> str:
         """A past node as text for proposers: what it changed, how it ran, how it was decided."""

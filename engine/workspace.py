@@ -142,6 +142,12 @@ class Workspace:
 
     # ----- reading -----------------------------------------------------------------
 
+    def trees(self, shas: Sequence[str]) -> list[str]:
+        """The tree id of each commit: equal trees are the same code, however they were made."""
+        if not shas:
+            return []
+        return self._git("rev-parse", *(f"{sha}^{{tree}}" for sha in shas)).decode().split()
+
     def read_file(self, sha: str, path: str) -> str:
         return self.read_files(sha, [path])[path]
 

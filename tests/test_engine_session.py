@@ -145,6 +145,33 @@ async def test_edits_that_do_not_apply_or_touch_protected_files_are_refused_and_
     )
 
 
+async def test_a_proposal_whose_code_a_node_already_has_is_recorded_and_never_run(bowl, start_engine, script_proposals):
+    # one idea from two proposers (or a merge that adds nothing): the same tree as a known node
+    lr_up = Proposal("lr up", "a larger step", edits=(Edit("solution.py", "LR = 0.02\n", "LR = 0.03\n"),),
+                     origin={"kind": "idea", "idea": "lr_up"})
+    again = Proposal("lr up, again", "the same edit", edits=lr_up.edits, origin={"kind": "idea", "idea": "lr_up"})
+    # node #2 is "lr up" (the baseline is #1): merged into the baseline it is #2's code again
+    merge = Proposal("merge #2", "adds nothing to the baseline but #2", merge_with=2, origin={"kind": "merge"})
+    script_proposals([lr_up, again, merge])
+    s = await start_engine(bowl, threads=1)
+
+    async def decided():
+        rows = await s.rows("SELECT * FROM nodes WHERE title IN ('lr up', 'lr up, again', 'merge #2')")
+        return rows if len(rows) == 3 and all(r["status"] != "queued" for r in rows[1:]) else None
+
+    nodes = {r["title"]: r for r in await s.wait(decided, 20, "the three proposals")}
+    first, second, merged = nodes["lr up"], nodes["lr up, again"], nodes["merge #2"]
+    assert first["id"] == 2
+    assert await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = ?", (first["id"],)) >= 1
+    assert second["status"] == "failed", second["error"]
+    assert second["error"].startswith(f"the same code as node #{first['id']} ('lr up', ") \
+        and second["error"].endswith("): not run again"), second["error"]
+    assert merged["status"] == "failed" and merged["error"].startswith("the same code as node #2 ('lr up', "), \
+        merged["error"]
+    for n in (second, merged):
+        assert await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = ?", (n["id"],)) == 0
+
+
 async def test_a_static_guard_flags_a_process_spawning_idea_before_it_runs(tmp_path, start_engine):
     playbook = '''
 [[idea]]
