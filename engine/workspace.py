@@ -144,9 +144,10 @@ class Workspace:
 
     def trees(self, shas: Sequence[str]) -> list[str]:
         """The tree id of each commit: equal trees are the same code, however they were made."""
-        if not shas:
-            return []
-        return self._git("rev-parse", *(f"{sha}^{{tree}}" for sha in shas)).decode().split()
+        out: list[str] = []
+        for i in range(0, len(shas), 2000):  # bounded command lines, however many nodes
+            out += self._git("rev-parse", *(f"{sha}^{{tree}}" for sha in shas[i:i + 2000])).decode().split()
+        return out
 
     def read_file(self, sha: str, path: str) -> str:
         return self.read_files(sha, [path])[path]
