@@ -147,6 +147,9 @@ class StatusFigures:
     total_slots: int | None = None
     queued_runs: int = 0
     runs_last_hour: int = 0
+    # runs_last_hour over the part of the hour that had runs: a session ten minutes old
+    # that ran 7 runs does 42 an hour, not 7
+    runs_per_hour: float = 0.0
     best: tuple[BestMetric, ...] = ()
     spend_usd: float = 0.0
     elapsed_s: float | None = None
@@ -701,6 +704,9 @@ class StateSource:
         last_hour = await store.scalar(
             f"SELECT COUNT(*) FROM runs WHERE ended_at >= ? AND status IN ({_placeholders(_FINISHED_RUNS)})",
             (now - 3600, *_FINISHED_RUNS))
+        first_start = await store.scalar("SELECT MIN(started_at) FROM runs WHERE started_at IS NOT NULL")
+        window = min(3600.0, now - first_start) if first_start is not None else 3600.0
+        per_hour = (last_hour or 0) * 3600.0 / max(window, 60.0)  # under a minute: the count itself
         session = await store.session()
         config = session[0] if session else {}
         total = await self._total_slots(store, config)
@@ -709,7 +715,7 @@ class StateSource:
                      for t in tasks)
         return StatusFigures(
             engine=engine, busy_slots=counts.get("running", 0), total_slots=total,
-            queued_runs=counts.get("queued", 0), runs_last_hour=last_hour or 0, best=best,
+            queued_runs=counts.get("queued", 0), runs_last_hour=last_hour or 0, runs_per_hour=per_hour, best=best,
             spend_usd=await self._spend(store), elapsed_s=session[1] if session else None,
             budget_s=config.get("budget_s"), unacked_alerts=unacked or 0,
         )

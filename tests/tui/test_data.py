@@ -37,6 +37,8 @@ async def test_a_snapshot_holds_threads_in_lineage_order_with_counts_best_and_st
     assert not s.engine.alive and not s.engine.stale_lock  # no engine ever held the lock
     assert (s.busy_slots, s.total_slots, s.queued_runs) == (2, 2, 0)
     assert s.runs_last_hour == 12 and s.spend_usd == 0.0 and s.unacked_alerts == 1
+    # 12 runs in the 598 s since the first one started: a rate, not the hour's count
+    assert s.runs_per_hour == pytest.approx(12 * 3600 / 598)
     assert [b.value for b in s.best] == [0.21]
     assert [a.id for a in snap.alerts] == [2, 1]  # newest first
     assert [e.kind for e in snap.events] == ["engine", "accepted", "accepted", "thread"]

@@ -46,7 +46,7 @@ def status_text(snap: Snapshot | None, viewer: ViewerState, glyphs: Glyphs) -> T
     if s.queued_runs:
         text.append(f" +{s.queued_runs} queued")
     text.append(*sep)
-    text.append(f"{s.runs_last_hour} runs/h")
+    text.append(f"{s.runs_per_hour:.0f} runs/h")
     for b in s.best:
         text.append(*sep)
         prefix = f"{b.task_name} " if len(s.best) > 1 else ""
