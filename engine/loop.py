@@ -121,16 +121,19 @@ def _tail_text(path: Path, lines: int = 40, limit: int = 64_000) -> str:
     return "\n".join(data.strip().splitlines()[-lines:])
 
 
+def latest_good_runs(runs: list[RunRow]) -> dict[int, RunRow]:
+    """seed -> its latest run that finished with a metric (runs in run order): the runs
+    whose metrics the judge compares."""
+    return {r.seed: r for r in runs if r.status == RunStatus.DONE and r.metric is not None}
+
+
 def constraint_test(task: TaskSpec, runs: list[RunRow], seeds: tuple[int, ...]) -> TargetTest:
-    """The task's [accept] constraint on the seeds' latest good runs (those whose metric the
-    judge compares): the mean of extra[key] beyond the target by a one-sample t-test."""
+    """The task's [accept] constraint on the seeds' latest good runs: the mean of
+    extra[key] beyond the target by a one-sample t-test."""
     rule = task.accept
     assert rule is not None
-    values: dict[int, Any] = {}
-    for r in runs:  # in run order: the latest good run of a seed wins, as in _metrics
-        if r.status == RunStatus.DONE and r.metric is not None:
-            values[r.seed] = r.extra.get(rule.key)
-    found = [values.get(s) for s in seeds]
+    good = latest_good_runs(runs)
+    found = [good[s].extra.get(rule.key) if s in good else None for s in seeds]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in found):
         return TargetTest(math.nan, rule.target, 1.0, False,
                           f"the runs on seeds {list(seeds)} do not all report a finite {rule.key}: {found}")
@@ -631,12 +634,10 @@ class Engine:
     async def _metrics(self, node_id: int) -> tuple[dict[int, float], dict[int, int], bool, list[RunRow]]:
         """(seed -> metric of its latest good run, seed -> failed runs, any run active, runs)."""
         runs = await self.store.runs_of(node_id)
-        metrics: dict[int, float] = {}
+        metrics = {seed: r.metric for seed, r in latest_good_runs(runs).items()}
         failures: dict[int, int] = {}
         for r in runs:
-            if r.status == RunStatus.DONE and r.metric is not None:
-                metrics[r.seed] = r.metric
-            elif r.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
+            if r.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
                 failures[r.seed] = failures.get(r.seed, 0) + 1
         active = any(r.status in ACTIVE_RUN for r in runs)
         return metrics, failures, active, runs

@@ -111,7 +111,7 @@ class Workspace:
         (the task's seed code and harness as this repository first took them)."""
         task_dir = Path(task_dir).resolve()
         tree = self._tree_of(task_dir, _skipped(self.repo_dir, task_dir, exclude), include or {})
-        root_tree = self._git("rev-parse", f"{self.root_sha}^{{tree}}").decode().strip()
+        (root_tree,) = self.trees([self.root_sha])
         if tree == root_tree:
             return []
         return self._git("diff", "--name-only", "--no-renames", root_tree, tree).decode().split()

@@ -42,26 +42,28 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def edited(*replacements: tuple[str, str]) -> str:
-    code = BASELINE
+def edited(*replacements: tuple[str, str], base: str = BASELINE) -> str:
+    code = base
     for old, new in replacements:
         assert code.count(old) == 1, old
         code = code.replace(old, new)
     return code
 
 
-def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float = 60, **params):
-    """Run a candidate train.py through the sandboxed runner and evaluator."""
-    spec = load_task(TASK, "smoke")
+def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float = 60, *,
+                  task: Path = TASK, files_from: Path = TASK, base_params: dict = PARAMS, **params):
+    """Run a candidate train.py through the sandboxed runner and evaluator: the files of
+    files_from with train_py in place of its train.py, under task's smoke profile."""
+    spec = load_task(task, "smoke")
     files = tmp_path / "files"
-    shutil.copytree(TASK, files, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(files_from, files, ignore=shutil.ignore_patterns("__pycache__"))
     (files / "train.py").write_text(train_py)
     protected = tuple(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file() and p.name != "train.py")
     req = RunRequest(
         run_id=1, node_id=1, seed=0, files_dir=str(files), run_dir=str(tmp_path / "run"), budget_s=budget_s,
         grace_s=2, eval_timeout_s=120, run_command=spec.run_command, eval_command=spec.eval_command,
         protected=protected, private_paths=(str(data_dir / "nanochat" / "private"),),
-        env=(("THREADLAB_PARAMS", json.dumps(PARAMS | params)), ("THREADLAB_DATA_DIR", str(data_dir))),
+        env=(("THREADLAB_PARAMS", json.dumps(base_params | params)), ("THREADLAB_DATA_DIR", str(data_dir))),
         readable=(str(data_dir),),
     )
     executor = LocalExecutor(detect_slots(1, "cpu"))

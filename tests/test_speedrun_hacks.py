@@ -7,19 +7,18 @@ task's files come from the task's own repository root (Workspace, with task.toml
 `include`), exactly as the engine builds them; the baseline trains 60 steps, not 1000.
 """
 
-import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
-from engine.executor import LocalExecutor, detect_slots
 from engine.guards import check_change
-from engine.models import RunRequest, RunStatus
+from engine.models import RunStatus
 from engine.taskfile import load_task
 from engine.workspace import Workspace
 from tests.test_nanochat_hacks import PARAMS as NANOCHAT_PARAMS
 from tests.test_nanochat_hacks import data_dir, failed_audits  # noqa: F401  (data_dir: the corpus fixture)
+from tests.test_nanochat_hacks import edited as nanochat_edited
+from tests.test_nanochat_hacks import run_candidate as nanochat_run
 
 TASK = Path(__file__).resolve().parent.parent / "tasks" / "speedrun"
 TARGET = 5.5  # nats per token on the 512-token corpus: 60 steps reach ~5.0, uniform is ln 512 = 6.24
@@ -38,34 +37,13 @@ def files(tmp_path_factory) -> Path:
 
 
 def edited(*replacements: tuple[str, str]) -> str:
-    code = BASELINE
-    for old, new in replacements:
-        assert code.count(old) == 1, old
-        code = code.replace(old, new)
-    return code
+    return nanochat_edited(*replacements, base=BASELINE)
 
 
 def run_candidate(tmp_path: Path, files: Path, data_dir: Path, train_py: str, budget_s: float = 60, **params):
-    spec = load_task(TASK, "smoke")
-    work = tmp_path / "files"
-    work.mkdir()
-    for f in files.iterdir():
-        (work / f.name).write_bytes(f.read_bytes())
-    (work / "train.py").write_text(train_py)
-    req = RunRequest(
-        run_id=1, node_id=1, seed=0, files_dir=str(work), run_dir=str(tmp_path / "run"), budget_s=budget_s,
-        grace_s=2, eval_timeout_s=120, run_command=spec.run_command, eval_command=spec.eval_command,
-        protected=tuple(f.name for f in work.iterdir() if f.name != "train.py"),
-        private_paths=(str(data_dir / "nanochat" / "private"),),
-        env=(("THREADLAB_PARAMS", json.dumps(PARAMS | params)), ("THREADLAB_DATA_DIR", str(data_dir))),
-        readable=(str(data_dir),),
-    )
-    executor = LocalExecutor(detect_slots(1, "cpu"))
-
-    async def ignore(_batch):
-        pass
-
-    return asyncio.run(executor.execute(req, executor.slots[0], ignore))
+    """nanochat's runner and evaluator with this task's root commit (files) and params."""
+    return nanochat_run(tmp_path, data_dir, train_py, budget_s, task=TASK, files_from=files,
+                        base_params=PARAMS, **params)
 
 
 def test_the_task_runs_nanochats_harness_beside_its_own_train_py(files):
