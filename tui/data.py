@@ -701,10 +701,10 @@ class StateSource:
         )
         counts = {r["status"]: r["n"] for r in await store.rows(
             "SELECT status, COUNT(*) AS n FROM runs WHERE status IN ('running', 'queued') GROUP BY status")}
-        last_hour = await store.scalar(
-            f"SELECT COUNT(*) FROM runs WHERE ended_at >= ? AND status IN ({_placeholders(_FINISHED_RUNS)})",
-            (now - 3600, *_FINISHED_RUNS))
-        first_start = await store.scalar("SELECT MIN(started_at) FROM runs WHERE started_at IS NOT NULL")
+        (hour,) = await store.rows(  # one pass over runs: this is the refresh path
+            f"SELECT COALESCE(SUM(ended_at >= ? AND status IN ({_placeholders(_FINISHED_RUNS)})), 0) AS n, "
+            "MIN(started_at) AS first_start FROM runs", (now - 3600, *_FINISHED_RUNS))
+        last_hour, first_start = hour["n"], hour["first_start"]
         window = min(3600.0, now - first_start) if first_start is not None else 3600.0
         per_hour = (last_hour or 0) * 3600.0 / max(window, 60.0)  # under a minute: the count itself
         session = await store.session()
