@@ -23,7 +23,7 @@ VARIANTS = ROOT / "variants"
 KNOB_RANGES = {
     "LOG2_WARPS": (1, 4), "NUM_STAGES": (1, 5), "GROUP_M": (1, 16), "LOG2_BLOCK_M": (4, 8),
     "LOG2_BLOCK_N": (4, 8), "LOG2_BLOCK_K": (4, 7), "LOG2_BLOCK": (8, 14), "LOG2_BLOCK_H": (6, 12),
-    "LOG2_SEGMENT": (12, 17),
+    "LOG2_SEGMENT": (12, 17), "LOG2_ROWS": (0, 3),
 }
 KNOB_OVERRIDES = {("gqa_attention", "LOG2_BLOCK_M"): (4, 7), ("gqa_attention", "LOG2_BLOCK_N"): (4, 7)}
 

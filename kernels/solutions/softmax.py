@@ -1,28 +1,45 @@
-"""Row softmax: one program per row, the row in registers, exp2 with a folded log2(e)."""
+"""Row softmax: each program takes 2**LOG2_ROWS rows as one [ROWS, BLOCK] tile in registers;
+exp2 with a folded log2(e)."""
 
 import torch
 import triton
 import triton.language as tl
 
 # 16 warps for the 8192-wide fp32 rows (Liger's and Unsloth's rule: 16 from 8192 columns): 16
-# values a thread instead of 32, so x and exp(x) fit in half the registers and the cross-warp
-# max and sum have twice the threads (the first H100 run had 8)
+# values a thread, so x and exp(x) fit in few registers and the cross-warp max and sum have
+# many threads. One row a program for rows this wide (32 KB of loads a program already). The
+# timed call includes Triton's host-side launch: two pointers and the row count, everything
+# else constexpr (the stride is the width: the input is made contiguous); x streamed
+# (evict_first). H200 before: 220 us against 216 us, bound 126 us.
+# benchmarks/kernels_sweep.py tries warps x rows.
+LOG2_ROWS = 0
 LOG2_WARPS = 4
 
 
 @triton.jit
-def _softmax(x_ptr, y_ptr, stride, N: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _softmax(x_ptr, y_ptr, M, N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < N
-    x = tl.load(x_ptr + row * stride + cols, mask=mask, other=float("-inf")).to(tl.float32)
-    e = tl.exp2((x - tl.max(x, axis=0)) * 1.4426950408889634)
-    tl.store(y_ptr + row * stride + cols, (e / tl.sum(e, axis=0)).to(y_ptr.dtype.element_ty), mask=mask)
+    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    if EVEN:
+        x = tl.load(x_ptr + offs, eviction_policy="evict_first").to(tl.float32)
+    else:
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        x = tl.load(x_ptr + offs, mask=mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+    e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+    y = (e / tl.sum(e, axis=1)[:, None]).to(y_ptr.dtype.element_ty)
+    if EVEN:
+        tl.store(y_ptr + offs, y)
+    else:
+        tl.store(y_ptr + offs, y, mask=mask)
 
 
 def solution(x):
     x = x.contiguous()
     m, n = x.shape
     y = torch.empty_like(x)
-    _softmax[(m,)](x, y, x.stride(0), N=n, BLOCK=triton.next_power_of_2(n), num_warps=2**LOG2_WARPS)
+    block = triton.next_power_of_2(n)
+    _softmax[((m + 2**LOG2_ROWS - 1) >> LOG2_ROWS,)](
+        x, y, m, N=n, BLOCK=block, ROWS=2**LOG2_ROWS, EVEN=block == n and m % 2**LOG2_ROWS == 0,
+        num_warps=2**LOG2_WARPS)
     return y

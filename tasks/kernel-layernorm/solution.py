@@ -1,25 +1,21 @@
-"""LayerNorm: one program per row, the row read once into registers; mean and variance in
-one fused reduction of shifted sums."""
+"""LayerNorm: each program normalises 2**LOG2_ROWS rows held as one [ROWS, BLOCK] tile in
+registers; mean and variance in one fused reduction of shifted sums."""
 
 import torch
 import triton
 import triton.language as tl
 
 EPS = 1e-5
-# One program per row, the row read once into registers, 8 warps for 4096 columns (16 values a
-# thread, two 16-byte loads). The H100 bench (kernels_bench-h100.json): 209 us against eager's
-# 166 us (rmsnorm, the same bytes and layout: 147 us). Its sm_90 SASS (ptxas, no GPU needed)
-# showed why: the mean's reduction, then the variance's (it needs the mean: five barriers in
-# all), and only then the loads of w and b, which the barriers kept the compiler from hoisting:
-# a row's latency chain was DRAM + two cross-warp reductions + an L1/L2 round trip. Now
-# (predicted: close to rmsnorm, ~150 us on the H100):
-# - w and b are no longer behind the reductions: ptxas now issues their loads before the first
-#   barrier, so their latency overlaps the cross-warp part of the one reduction left;
-# - mean and variance come from one two-value reduction (two barriers) of the sums of d and d*d,
-#   d = x - x[0] (shifted data: no cancellation unless the row's spread is tiny against
-#   |x[0] - mean|, unlike E[x^2] - mean^2; fp32 throughout);
-# - at most 40 registers while a thread holds <= 16 values (ptxas: 40, no spills; 48 without the
-#   cap), so 6 programs of 8 warps stay resident per SM, as before the change.
+# The row read once into registers; w and b loaded with x, before the reduction (so their
+# latency overlaps it); mean and variance from one two-value reduction of the sums of d and
+# d*d, d = x - x[0] (shifted data: no cancellation unless the row's spread is tiny against
+# |x[0] - mean|; fp32 throughout). The timed call includes Triton's host-side launch: four
+# pointers and the row count, everything else constexpr (the stride is the width: the input is
+# made contiguous). Two rows a program (predicted: twice the loads in flight a thread before the
+# reduction), 8 warps; x streamed (evict_first), w and b kept (evict_last). Registers are capped
+# at 40 while a thread holds <= 16 values (6 programs of 8 warps an SM, no spills in the SASS).
+# H200 before (one row a program): 159 us against eager's 141 us, bound 63 us.
+LOG2_ROWS = 1
 LOG2_WARPS = 3
 
 
@@ -29,24 +25,34 @@ def _add2(a1, b1, a2, b2):
 
 
 @triton.jit
-def _layernorm(x_ptr, w_ptr, b_ptr, y_ptr, stride, eps, N: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _layernorm(x_ptr, w_ptr, b_ptr, y_ptr, M, N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+               EVEN: tl.constexpr, EPS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < N
-    x = tl.load(x_ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    shift = tl.load(x_ptr + row * stride).to(tl.float32)  # the row's first value (same cache line as x)
-    d = tl.where(mask, x - shift, 0.0)
-    s1, s2 = tl.reduce((d, d * d), 0, _add2)
+    row_offs = rows.to(tl.int64) * N
+    offs = row_offs[:, None] + cols[None, :]
+    if EVEN:
+        x = tl.load(x_ptr + offs, eviction_policy="evict_first").to(tl.float32)
+        w = tl.load(w_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+        b = tl.load(b_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+        shift = tl.load(x_ptr + row_offs).to(tl.float32)  # each row's first value (same cache line as x)
+        d = x - shift[:, None]
+    else:
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=cols < N, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=cols < N, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        shift = tl.load(x_ptr + row_offs, mask=rows < M, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - shift[:, None], 0.0)
+    s1, s2 = tl.reduce((d, d * d), 1, _add2)
     dmean = s1 / N
-    rstd = tl.rsqrt(tl.maximum(s2 / N - dmean * dmean, 0.0) + eps)
-    xc = x - (shift + dmean)
-    tl.store(y_ptr + row * stride + cols, (xc * rstd * w + b).to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def _maxnreg(block, warps):
-    return 40 if block // (32 * warps) <= 16 else None
+    rstd = tl.rsqrt(tl.maximum(s2 / N - dmean * dmean, 0.0) + EPS)
+    xc = x - (shift + dmean)[:, None]
+    y = (xc * rstd[:, None] * w[None, :] + b[None, :]).to(y_ptr.dtype.element_ty)
+    if EVEN:
+        tl.store(y_ptr + offs, y)
+    else:
+        tl.store(y_ptr + offs, y, mask=mask)
 
 
 def solution(x, w, b):
@@ -54,6 +60,8 @@ def solution(x, w, b):
     m, n = x.shape
     y = torch.empty_like(x)
     block = triton.next_power_of_2(n)
-    _layernorm[(m,)](x, w, b, y, x.stride(0), EPS, N=n, BLOCK=block, maxnreg=_maxnreg(block, 2**LOG2_WARPS),
-                     num_warps=2**LOG2_WARPS)
+    rows = 2**LOG2_ROWS
+    _layernorm[((m + rows - 1) >> LOG2_ROWS,)](
+        x, w, b, y, m, N=n, BLOCK=block, ROWS=rows, EVEN=block == n and m % rows == 0, EPS=EPS,
+        maxnreg=40 if rows * block <= 16 * 32 * 2**LOG2_WARPS else None, num_warps=2**LOG2_WARPS)
     return y
