@@ -6,6 +6,7 @@
 # About 3-4 min on an H100 (see benchmarks/kernels_gpu.py: evaluations overlap, timing never
 # does); KERNELS_DEADLINE_S (default 420) stops starting new ones after that many seconds.
 # Needs python3 (>= 3.11) with torch + triton for CUDA; no network, no install.
+# Knob and variant alternatives of the solutions, scored the same way: benchmarks/kernels_sweep.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -1,0 +1,95 @@
+"""The sweep (benchmarks/kernels_sweep.py) and what it sweeps: the row kernels' knobs, on the
+masked and the unmasked (EVEN) path; the TMA alternative files; the sweep's plumbing through
+the real evaluator at the CPU shapes."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from benchmarks import kernels_sweep
+from kernels import checks
+from kernels.problem import as_tuple, generator, problems
+
+from .conftest import ROOT, SOLUTIONS
+
+
+def _check(p, solution, shape, seed=1):
+    inputs = p.make_inputs(shape, generator(seed, "cpu"), "cpu", torch.float32)
+    pristine = [x.clone() for x in inputs]
+    outs, refs = as_tuple(solution(*inputs)), as_tuple(p.reference(*pristine))
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape and checks.compare(o, r, p.tolerance(r.dtype, "cpu"), str(shape)) == []
+
+
+@pytest.mark.parametrize("name", ["rmsnorm", "add_rmsnorm", "layernorm", "softmax"])
+def test_the_row_kernels_are_correct_for_every_rows_knob_masked_or_not(name, load_solution):
+    p, module = problems()[name], load_solution(SOLUTIONS / f"{name}.py")
+    # 8 x 64: every row and column in range (the unmasked path, as at the timed shape); 9 x 64 and
+    # 6 x 50: a partial last row block, a padded row
+    for rows in (0, 1, 2):
+        module.LOG2_ROWS = rows
+        for shape in ({"M": 8, "N": 64}, {"M": 9, "N": 64}, {"M": 6, "N": 50}):
+            _check(p, module.solution, shape)
+
+
+@pytest.mark.parametrize("name", ["gemm", "gemm_bias_gelu"])
+def test_the_tma_alternatives_are_correct_under_the_interpreter(name, load_solution):
+    p, module = problems()[name], load_solution(ROOT / "kernels" / "variants" / f"{name}_tma.py")
+    module.LOG2_BLOCK_M, module.LOG2_BLOCK_N, module.LOG2_BLOCK_K = 4, 4, 4
+    for shape in (*p.cpu_shapes, {"M": 20, "N": 24, "K": 40}):  # K % 8 != 0 (padded) and == 0
+        _check(p, module.solution, shape)
+
+
+FILE_VARIANTS = sorted({(n, v["file"]) for n, vs in kernels_sweep.VARIANTS.items() for v in vs if "file" in v})
+
+
+@pytest.mark.parametrize("name,path", FILE_VARIANTS)
+def test_every_alternative_file_of_the_sweep_is_correct_under_the_interpreter(name, path, load_solution):
+    p, module = problems()[name], load_solution(ROOT / path)
+    for shape in p.cpu_shapes:
+        _check(p, module.solution, shape)
+
+
+def test_knobs_are_set_in_the_source_and_a_missing_knob_is_an_error():
+    src = "A = 1\nLOG2_WARPS = 3  # note\nx = LOG2_WARPS\n"
+    assert kernels_sweep.with_knobs(src, {"LOG2_WARPS": 4}) == "A = 1\nLOG2_WARPS = 4  # note\nx = LOG2_WARPS\n"
+    with pytest.raises(KeyError):
+        kernels_sweep.with_knobs(src, {"NUM_STAGES": 2})
+    for name, variants in kernels_sweep.VARIANTS.items():  # every listed variant applies to its file
+        assert len(variants) <= 6, name
+        for v in variants:
+            base = ROOT / v["file"] if "file" in v else SOLUTIONS / f"{name}.py"
+            kernels_sweep.with_knobs(base.read_text(), {k: x for k, x in v.items() if k != "file"})
+
+
+def test_the_order_is_round_robin_shipped_first():
+    got = kernels_sweep.jobs(["rmsnorm", "rotary", "gemm"], 2)
+    assert [(n, kernels_sweep.label(v)) for n, v in got[:3]] == [("rmsnorm", "shipped"), ("rotary", "shipped"),
+                                                                 ("gemm", "shipped")]
+    assert [n for n, _ in got[3:]] == ["rmsnorm", "gemm", "rmsnorm", "gemm"]
+
+
+def test_the_sweep_scores_variants_through_the_evaluator_and_keeps_to_its_deadline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(kernels_sweep.VARIANTS, "rmsnorm", [{"LOG2_ROWS": 2}, {"NO_SUCH_KNOB": 1},
+                                                            {"file": "tests/kernels/hacks/library_op.py"}])
+    result = kernels_sweep.sweep(tmp_path, ["rmsnorm"], "cpu", 2, time.monotonic() + 600, 6)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["problems"].keys() == result["problems"].keys() == {"rmsnorm"}
+    got = saved["problems"]["rmsnorm"]["variants"]
+    assert set(got) == {"shipped", "LOG2_ROWS=2", "NO_SUCH_KNOB=1", "file:library_op"}
+    for tag in ("shipped", "LOG2_ROWS=2"):
+        e = got[tag]
+        assert e["correct"] and e["S"] is not None and e["T_k_ms"] > 0 and e["T_b_ms"] > 0, (tag, e)
+        assert e["metric_kind"] == "cpu_interpreter_score"
+    assert got["LOG2_ROWS=2"]["knobs"]["LOG2_ROWS"] == 2 and got["shipped"]["knobs"]["LOG2_ROWS"] == 1
+    assert not got["NO_SUCH_KNOB=1"]["correct"] and "NO_SUCH_KNOB" in got["NO_SUCH_KNOB=1"]["error"]
+    hack = got["file:library_op"]  # the evaluator's checks run on every variant: a library call is flagged
+    assert not hack["correct"] and (hack["failed"] or hack["error"])
+    assert saved["problems"]["rmsnorm"]["best"] in ("shipped", "LOG2_ROWS=2")
+
+    late = kernels_sweep.sweep(tmp_path / "late", ["rmsnorm"], "cpu", 2, time.monotonic() - 1, 6)
+    assert late["problems"]["rmsnorm"]["variants"] == {} and len(late["skipped"]) == 4
