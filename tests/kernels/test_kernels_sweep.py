@@ -1,6 +1,6 @@
 """The sweep (benchmarks/kernels_sweep.py) and what it sweeps: the row kernels' knobs, on the
 masked and the unmasked (EVEN) path; the TMA alternative files; the sweep's plumbing through
-the real evaluator at the CPU shapes."""
+the real evaluator at the CPU shapes; applying its winners."""
 
 import json
 import time
@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from benchmarks import kernels_sweep
+from benchmarks import kernels_sweep, kernels_sweep_apply
 from kernels import checks
 from kernels.problem import as_tuple, generator, problems
 
@@ -93,3 +93,26 @@ def test_the_sweep_scores_variants_through_the_evaluator_and_keeps_to_its_deadli
 
     late = kernels_sweep.sweep(tmp_path / "late", ["rmsnorm"], "cpu", 2, time.monotonic() - 1, 6)
     assert late["problems"]["rmsnorm"]["variants"] == {} and len(late["skipped"]) == 4
+
+
+def test_applying_a_sweep_writes_the_winning_knobs_only_past_the_margin(tmp_path):
+    for name in ("rmsnorm", "softmax", "gemm"):
+        (tmp_path / f"{name}.py").write_text((SOLUTIONS / f"{name}.py").read_text())
+    sweep = {"problems": {
+        "rmsnorm": {"best": "LOG2_ROWS=2,LOG2_WARPS=4", "variants": {
+            "shipped": {"correct": True, "S": 0.40, "variant": {}},
+            "LOG2_ROWS=2,LOG2_WARPS=4": {"correct": True, "S": 0.55, "variant": {"LOG2_ROWS": 2, "LOG2_WARPS": 4}}}},
+        "softmax": {"best": "LOG2_WARPS=3", "variants": {  # within the margin: left alone
+            "shipped": {"correct": True, "S": 0.500, "variant": {}},
+            "LOG2_WARPS=3": {"correct": True, "S": 0.505, "variant": {"LOG2_WARPS": 3}}}},
+        "gemm": {"best": "file:gemm_tma,NUM_STAGES=4", "variants": {
+            "shipped": {"correct": True, "S": 0.34, "variant": {}},
+            "file:gemm_tma,NUM_STAGES=4": {"correct": True, "S": 0.40,
+                                           "variant": {"file": "kernels/variants/gemm_tma.py", "NUM_STAGES": 4}}}}}}
+    lines = kernels_sweep_apply.apply(sweep, 0.01, solutions=tmp_path)
+    assert [line.split(":")[0] for line in lines] == ["rmsnorm", "gemm"]
+    assert kernels_sweep.knobs_of((tmp_path / "rmsnorm.py").read_text())["LOG2_ROWS"] == 2
+    assert kernels_sweep.knobs_of((tmp_path / "rmsnorm.py").read_text())["LOG2_WARPS"] == 4
+    assert (tmp_path / "softmax.py").read_text() == (SOLUTIONS / "softmax.py").read_text()
+    gemm = (tmp_path / "gemm.py").read_text()
+    assert "TensorDescriptor" in gemm and kernels_sweep.knobs_of(gemm)["NUM_STAGES"] == 4
