@@ -65,7 +65,7 @@ VARIANTS: dict[str, list[dict]] = {
                        {"LOG2_BLOCK_N": 7, "NUM_STAGES": 4, "LOG2_WARPS": 2}, {"GROUP_M": 16}],
     "gqa_attention": [{"LOG2_BLOCK_N": 7}, {"NUM_STAGES": 2}, {"LOG2_BLOCK_N": 7, "NUM_STAGES": 2},
                       {"NUM_STAGES": 4}, {"LOG2_BLOCK_M": 6, "LOG2_WARPS": 2}],
-    "rotary": [],
+    "rotary": [{"LOG2_WARPS": 3}],
     "swiglu": [],
     "cross_entropy": [],
     "moe_combine": [],
