@@ -53,6 +53,38 @@ def test_every_alternative_file_of_the_sweep_is_correct_under_the_interpreter(na
         _check(p, module.solution, shape)
 
 
+def test_the_tma_attention_gpu_path_is_correct_under_the_interpreter(load_solution):
+    """Its GPU loop (runtime bounds: unmasked blocks left of the diagonal, masked ones on it)
+    with `range` taking the interpreter's scalars; tiles that run past a head's rows included."""
+    import builtins
+
+    import numpy as np
+
+    p, module = problems()["gqa_attention"], load_solution(ROOT / "kernels" / "variants" / "gqa_attention_tma.py")
+
+    def scalar(x):
+        return int(np.asarray(x.handle.data).reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+    runtime_bounds = []
+
+    def patched_range(*a):
+        runtime_bounds.append(any(hasattr(x, "handle") for x in a))
+        return builtins.range(*map(scalar, a))
+
+    module._attention_tma.fn.__globals__["range"] = patched_range
+    real_cuda = torch.Tensor.is_cuda
+    try:
+        torch.Tensor.is_cuda = property(lambda self: True)  # RUNTIME_BOUND=True: the GPU's loop
+        for shape, (bm, bn) in (({"B": 1, "Hq": 4, "Hkv": 2, "T": 77, "D": 16}, (5, 4)),
+                                ({"B": 1, "Hq": 2, "Hkv": 1, "T": 64, "D": 16}, (4, 5)),
+                                ({"B": 2, "Hq": 4, "Hkv": 1, "T": 130, "D": 32}, (6, 5))):
+            module.LOG2_BLOCK_M, module.LOG2_BLOCK_N = bm, bn
+            _check(p, module.solution, shape)
+    finally:
+        torch.Tensor.is_cuda = real_cuda
+    assert any(runtime_bounds), "the GPU loop (runtime bounds) never ran"
+
+
 def test_knobs_are_set_in_the_source_and_a_missing_knob_is_an_error():
     src = "A = 1\nLOG2_WARPS = 3  # note\nx = LOG2_WARPS\n"
     assert kernels_sweep.with_knobs(src, {"LOG2_WARPS": 4}) == "A = 1\nLOG2_WARPS = 4  # note\nx = LOG2_WARPS\n"
