@@ -4,6 +4,7 @@
 #   benchmarks/gpu_session.sh start TASK PROFILE BUDGET   # `threadlab run` with its TUI, in tmux
 #   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
 #   benchmarks/gpu_session.sh screen NAME                 # the TUI as it is now: $OUT/NAME.ansi
+#   benchmarks/gpu_session.sh runs                        # a line per finished training run
 #   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json
 #
 # Carried in the working tree, git-ignored (name them all in every call's carry: an
@@ -54,6 +55,12 @@ screen)
   mkdir -p "$OUT"
   "${TMUX_CMD[@]}" capture-pane -p -e -t session > "$OUT/$2.ansi"
   "${TMUX_CMD[@]}" capture-pane -p -t session
+  ;;
+runs)
+  for f in $(ls "$S"/state.run/runs/*/out/harness.json 2>/dev/null | sort -t/ -k5 -n); do
+    echo "$f" | grep -o 'runs/[0-9]*' | tr '\n' ' '
+    python3 -c "import json,sys; h=json.load(open(sys.argv[1])); print({k: h.get(k) for k in ('tokens', 'train_s', 'setup_s', 'peak_memory_gb')})" "$f"
+  done
   ;;
 report)
   mkdir -p "$OUT"

@@ -3,7 +3,9 @@
     python benchmarks/session_report.py STATE_DB [--nvidia-smi CSV] [--out JSON]
 
 Busy fraction: the union of the runs' [started_at, ended_at] intervals per slot over the
-session's window (first run start to last run end), averaged over slots. With
+session's window (first run start to last run end), averaged over slots. GPU busy from the
+runs: the union of their timed parts (extra.timed_at for run_s seconds: training, not
+set-up or evaluation) per GPU (slots gpu0 and gpu0.1 share gpu0), over the window. With
 --nvidia-smi (a CSV whose first two columns are `timestamp,utilization.gpu`, as
 `nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 1000`
 writes) the share of samples in the same window with the GPU above 0% utilisation is
@@ -59,6 +61,11 @@ def report(db_path: Path, smi: Path | None) -> dict:
     end = max(r["ended_at"] for r in runs)
     window = end - start
     busy = statistics.fmean(union_seconds(v) / window for v in by_slot.values())
+    timed = defaultdict(list)  # GPU -> the runs' timed parts
+    for r in runs:
+        extra = json.loads(r["extra"] or "{}")
+        if extra.get("timed_at") and extra.get("run_s"):
+            timed[r["slot"].split(".")[0]].append((extra["timed_at"], extra["timed_at"] + extra["run_s"]))
     root = db.execute("SELECT * FROM nodes WHERE id = ?", (task["root_node_id"],)).fetchone()
     baseline_runs = [r["metric"] for r in runs if r["node_id"] == root["id"] and r["metric"] is not None]
     accepted = db.execute("SELECT * FROM nodes WHERE status = 'accepted' ORDER BY id").fetchall()
@@ -72,6 +79,7 @@ def report(db_path: Path, smi: Path | None) -> dict:
         "runs_per_hour": round(len(runs) / window * 3600, 1),
         "slots": len(by_slot),
         "slot_busy_fraction": round(busy, 4),
+        "gpu_busy_from_runs": {gpu: round(union_seconds(v) / window, 4) for gpu, v in sorted(timed.items())},
         "run_s_median": round(statistics.median(r["ended_at"] - r["started_at"] for r in done), 1) if done else None,
         "baseline": {"metric": root["metric"], "seeds": baseline_runs},
         "accepted": [{"id": n["id"], "title": n["title"], "metric": n["metric"], "std": n["metric_std"],

@@ -290,7 +290,9 @@ async def _serve(db: Path, cpu_slots: int | None) -> str:
                 (config.extra.get("ray") or {}).get("address"), device=spec.device,
                 log_path=run_root(db) / "ray-bridge.log")
         else:
-            executor = LocalExecutor(detect_slots(config.cpu_slots, spec.device))
+            # A task with an untimed set-up gets two slots per GPU: one run sets up (and the
+            # one before it is evaluated) while another trains, so the GPU seldom waits.
+            executor = LocalExecutor(detect_slots(config.cpu_slots, spec.device, per_gpu=2 if spec.setup_s else 1))
         return await Engine(store, config, run_root(db), executor).run()
 
 

@@ -31,6 +31,20 @@ Phase 1, the candidate run
     Sample lines that are not such JSON objects, have a non-finite value, or are longer
     than 64 KiB are ignored (counted); at most 100,000 samples are kept per run.
 
+Phase 1 with an untimed set-up (`req.setup_s` > 0)
+    The run gets THREADLAB_GATE_FD instead of THREADLAB_DEADLINE: one end of a Unix socket.
+    It sets itself up (imports, compilation on dummy data), writes the line `ready`, and
+    reads one message, `go DEADLINE JSON`, sent when its budget starts: DEADLINE is the
+    unix time the budget is spent, JSON maps each path of `req.timed_paths` to its index
+    among the descriptors that come with the message (SCM_RIGHTS; O_PATH handles, read a
+    directory's files as /proc/self/fd/N/name). Those paths are hidden during the set-up,
+    so the set-up cannot train on them. A set-up that outlasts `req.setup_s` is killed
+    (TIMEOUT, extra.killed_in = "setup"); one that exits first ends the run as an exit
+    would. The budget (and run_s) counts from go: slots that share a turn (two slots of
+    one GPU) take turns at the part from go to exit, so that one run's set-up and the
+    evaluation of another overlap a third's training. extra: setup_s, turn_wait_s and
+    timed_at (the unix time of go).
+
 Phase 2, the evaluator (only when the candidate exited 0 within its budget)
     `req.eval_command` runs in its own sandbox with cwd = `<run_dir>/eval/files`, a fresh
     read-only copy of `req.files_dir` (never the candidate's work dir). Only the rest of
@@ -72,6 +86,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,8 +121,9 @@ _STRIPPED_ENV_PREFIXES = ("THREADLAB_", "ANTHROPIC_")
 # --------------------------------------------------------------------------- slots
 
 
-def detect_slots(cpu_slots: int = 2, device: str = "cpu") -> list[Slot]:
-    """Slots of this machine: one per GPU, or `cpu_slots` CPU slots sharing the cores."""
+def detect_slots(cpu_slots: int = 2, device: str = "cpu", per_gpu: int = 1) -> list[Slot]:
+    """Slots of this machine: `per_gpu` per GPU (taking turns at the timed part of their
+    runs), or `cpu_slots` CPU slots sharing the cores."""
     if device == "gpu":
         ids = _gpu_ids()
         if not ids:
@@ -115,8 +131,11 @@ def detect_slots(cpu_slots: int = 2, device: str = "cpu") -> list[Slot]:
                 "no GPU found (nvidia-smi -L lists none, or CUDA_VISIBLE_DEVICES is empty)",
                 hint="check `nvidia-smi -L` and CUDA_VISIBLE_DEVICES, or use CPU slots",
             )
-        return [Slot(f"gpu{i}", "gpu", (("CUDA_VISIBLE_DEVICES", ident),))
-                for i, ident in enumerate(ids)]
+        if per_gpu < 1:
+            raise ExecutorError(f"per_gpu must be at least 1, not {per_gpu}")
+        return [Slot(f"gpu{i}" + (f".{k}" if k else ""), "gpu", (("CUDA_VISIBLE_DEVICES", ident),),
+                     turn=f"gpu{i}")
+                for i, ident in enumerate(ids) for k in range(per_gpu)]
     if device != "cpu":
         raise ExecutorError(f"unknown device {device!r}", hint="use 'cpu' or 'gpu'")
     if cpu_slots < 1:
@@ -476,6 +495,7 @@ class _Exit:
     code: int
     timed_out: bool
     seconds: float
+    in_setup: bool = False  # it ended before its budget started
 
 
 _STOP_ERRORS = {
@@ -489,6 +509,7 @@ class LocalExecutor:
 
     def __init__(self, slots: Sequence[Slot]):
         self.slots = tuple(slots)
+        self._turns: dict[str, asyncio.Lock] = {}  # Slot.turn -> who holds the timed turn
         self._active: dict[int, _Active] = {}
         self._closed = False
 
@@ -566,10 +587,17 @@ class LocalExecutor:
 
         env = _clean_env(slot, req)
         started = time.time()  # outcome() reports phase 1's start, not the copying
-        first = await self._run_candidate(req, env, run_dir, on_samples, active, extra)
-        extra["run_s"] = round(first.seconds, 3)
+        first = await self._run_candidate(req, env, run_dir, on_samples, active, slot, extra)
+        extra["run_s"] = None if first.in_setup else round(first.seconds, 3)
         if active.stop is not None:
             return outcome(active.stop, exit_code=first.code)
+        if first.timed_out and first.in_setup:
+            extra["killed_in"] = "setup"
+            return outcome(RunStatus.TIMEOUT, f"killed in its untimed set-up after {req.setup_s:g} s "
+                           "(budget.setup): it never signalled ready", first.code)
+        if first.in_setup and first.code == 0:
+            return outcome(RunStatus.FAILED, "the candidate exited in its set-up without signalling "
+                           "ready (the run command must write `ready` to THREADLAB_GATE_FD)", 0)
         if first.timed_out:
             return outcome(RunStatus.TIMEOUT, f"killed at budget {req.budget_s:g} s + grace "
                            f"{req.grace_s:g} s", first.code)
@@ -601,43 +629,111 @@ class LocalExecutor:
         return outcome(RunStatus.DONE, "", first.code, result.metric, result.audits)
 
     async def _run_candidate(self, req: RunRequest, env: dict[str, str], run_dir: Path,
-                             on_samples: SampleSink, active: _Active,
+                             on_samples: SampleSink, active: _Active, slot: Slot,
                              extra: dict[str, Any]) -> _Exit:
         """Phase 1: how the candidate ended. ExecutorError when it cannot be started."""
         work, out = run_dir / "work", run_dir / "out"
         read_fd, write_fd = os.pipe()
         samples = _SampleStream(os.fdopen(read_fd, "rb", buffering=0), on_samples)
-        env = env | {
-            "THREADLAB_DEADLINE": repr(time.time() + req.budget_s),
-            "THREADLAB_OUT": str(out),
-            "THREADLAB_SAMPLES_FD": str(write_fd),
-        }
+        gate = child_gate = None
+        env = env | {"THREADLAB_OUT": str(out), "THREADLAB_SAMPLES_FD": str(write_fd)}
+        if req.setup_s > 0:
+            gate, child_gate = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            env["THREADLAB_GATE_FD"] = str(child_gate.fileno())
+        else:
+            env["THREADLAB_DEADLINE"] = repr(time.time() + req.budget_s)
         stdout = stderr = -1
+        turn = self._turns.setdefault(slot.turn or slot.name, asyncio.Lock())
         try:
-            await samples.start()
-            stdout = _open_log(run_dir / "stdout.log")
-            stderr = _open_log(run_dir / "stderr.log")
-            try:
-                active.group = await sandbox.spawn(
-                    req.run_command, cwd=str(work), writable=[str(run_dir)],
-                    readonly=[*_existing(req.readable), *(str(work / p) for p in req.protected)],
-                    hidden=[*req.private_paths, *req.sealed], env=env, stdout=stdout, stderr=stderr,
-                    pass_fds=(write_fd,))
-            except OSError as exc:  # this machine's fault (sandbox, interpreter), not the candidate's
-                raise ExecutorError(f"cannot start the candidate {list(req.run_command)}: {exc}") from exc
-            finally:
-                # Our copy of the write end must go, or the pipe never reaches EOF.
-                os.close(write_fd)
-                write_fd = -1
-            ended = await self._wait(active.group, req.budget_s + req.grace_s, active)
+            async with contextlib.AsyncExitStack() as held:
+                if gate is None:  # the whole run is timed: it takes its turn before it starts
+                    await held.enter_async_context(turn)
+                await samples.start()
+                stdout = _open_log(run_dir / "stdout.log")
+                stderr = _open_log(run_dir / "stderr.log")
+                hidden = [*req.private_paths, *req.sealed, *(req.timed_paths if gate else ())]
+                try:
+                    active.group = await sandbox.spawn(
+                        req.run_command, cwd=str(work), writable=[str(run_dir)],
+                        readonly=[*_existing(req.readable), *(str(work / p) for p in req.protected)],
+                        hidden=hidden, env=env, stdout=stdout, stderr=stderr,
+                        pass_fds=(write_fd, *([child_gate.fileno()] if child_gate else [])))
+                except OSError as exc:  # this machine's fault (sandbox, interpreter), not the candidate's
+                    raise ExecutorError(f"cannot start the candidate {list(req.run_command)}: {exc}") from exc
+                finally:
+                    # Our copies of the child's ends must go, or the pipe never reaches EOF.
+                    os.close(write_fd)
+                    write_fd = -1
+                    if child_gate is not None:
+                        child_gate.close()
+                if gate is not None:
+                    t0 = time.monotonic()
+                    early = await self._set_up(active.group, gate, req.setup_s, active)
+                    extra["setup_s"] = round(time.monotonic() - t0, 3)
+                    if early is not None:
+                        return early
+                    t0 = time.monotonic()
+                    await held.enter_async_context(turn)
+                    extra["turn_wait_s"] = round(time.monotonic() - t0, 3)
+                    self._go(gate, req)
+                extra["timed_at"] = time.time()
+                ended = await self._wait(active.group, req.budget_s + req.grace_s, active)
             await samples.finish()
             return ended
         finally:
             samples.abort()
             extra.update(samples.stats())
+            if gate is not None:
+                gate.close()
             for fd in (write_fd, stdout, stderr):
                 if fd >= 0:
                     os.close(fd)
+
+    async def _set_up(self, group: sandbox.Confined, gate: socket.socket, limit_s: float,
+                      active: _Active) -> _Exit | None:
+        """Wait for the run's `ready` line: None once it came; else how the run ended (it
+        exited, or it was killed at `limit_s`)."""
+        gate.setblocking(False)
+        loop = asyncio.get_running_loop()
+        line = bytearray()
+
+        async def ready() -> bool:
+            while b"\n" not in line and len(line) < 64:
+                chunk = await loop.sock_recv(gate, 64)
+                if not chunk:
+                    return False
+                line.extend(chunk)
+            return line.split(b"\n")[0].strip() == b"ready"
+
+        said = asyncio.ensure_future(ready())
+        exited = asyncio.ensure_future(group.proc.wait())
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait({said, exited}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+            if said.done() and not said.cancelled() and said.result() and not exited.done():
+                return None
+        finally:
+            for task in (said, exited):
+                task.cancel()
+            await asyncio.gather(said, exited, return_exceptions=True)
+        # It closed the gate, said something else or exited: it ends here, within its limit.
+        ended = await self._wait(group, max(0.0, limit_s - (time.monotonic() - t0)), active)
+        return _Exit(ended.code, ended.timed_out, ended.seconds, in_setup=True)
+
+    @staticmethod
+    def _go(gate: socket.socket, req: RunRequest) -> None:
+        """Start the run's budget: the deadline, and handles on the paths it may now read."""
+        paths = _existing(req.timed_paths)
+        fds = [os.open(p, os.O_PATH) for p in paths]
+        try:
+            message = f"go {time.time() + req.budget_s!r} {json.dumps({p: i for i, p in enumerate(paths)})}\n"
+            gate.setblocking(True)
+            socket.send_fds(gate, [message.encode()], fds)
+        except OSError:
+            pass  # it died in between: _wait() sees the exit
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     async def _run_evaluator(self, req: RunRequest, env: dict[str, str], run_dir: Path,
                              active: _Active) -> tuple[_Exit, bytearray]:

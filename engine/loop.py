@@ -538,6 +538,7 @@ class Engine:
                 private_paths=task.private,
                 sealed=(str(db), f"{db}-wal", f"{db}-shm", *(str(self.run_root / d) for d in ("runs", "nodes", "repos"))),
                 env=self._task_env(), readable=(str(task.data_dir),),
+                setup_s=task.setup_s, timed_paths=task.timed_paths,
             )
 
             async def on_samples(batch: list[dict[str, Any]]) -> None:
@@ -574,7 +575,11 @@ class Engine:
         alerts = [
             (run.node_id, a.guard, a.message or f"audit {a.guard} failed", a.evidence) for a in outcome.audits if not a.ok
         ]
-        if outcome.status == RunStatus.TIMEOUT:
+        if outcome.status == RunStatus.TIMEOUT and outcome.extra.get("killed_in") == "setup":
+            alerts.append((run.node_id, "runtime.budget", f"run #{run.id} overran its untimed set-up of "
+                           f"{task.setup_s:.0f}s and was killed", {"setup_s": outcome.extra.get("setup_s"),
+                                                                   "limit_s": task.setup_s}))
+        elif outcome.status == RunStatus.TIMEOUT:
             alerts.append((run.node_id, "runtime.budget", f"run #{run.id} overran its budget of {task.budget_s:.0f}s "
                            f"(+{task.grace_s:.0f}s grace) and was killed", {"run_s": outcome.extra.get("run_s"),
                                                                             "budget_s": task.budget_s}))

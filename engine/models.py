@@ -98,6 +98,10 @@ class Slot:
     name: str
     kind: str  # "gpu" | "cpu" | "ray"
     env: tuple[tuple[str, str], ...] = ()  # e.g. CUDA_VISIBLE_DEVICES
+    # Slots with the same turn take turns at the timed part of their runs: two slots of one
+    # GPU, so that one run's untimed set-up and evaluation overlap the other's training.
+    # "" means the slot's own name (no sharing).
+    turn: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,3 +151,9 @@ class RunRequest:
     # the engine's own paths (database, other runs' files), hidden in both phases: another
     # run's checkpoint must not stand in for this one's
     sealed: tuple[str, ...] = ()
+    # > 0: the run has an untimed set-up of at most this many seconds before its budget
+    # starts (engine/executor.py: the ready/go handshake); 0: the budget starts at spawn
+    setup_s: float = 0.0
+    # absolute paths hidden during the set-up and handed over as open descriptors when the
+    # budget starts (the training data: a set-up cannot train on it)
+    timed_paths: tuple[str, ...] = ()

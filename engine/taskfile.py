@@ -25,6 +25,10 @@ and what is allowed. Example:
     [budget]
     seconds = 5                           # killed at seconds + grace
     grace = 2
+    setup = 0                             # > 0: an untimed set-up of at most this many seconds
+                                          # before the budget starts (compilation on dummy
+                                          # data); the run signals ready (engine/executor.py)
+    timed_only = ["{data}/train"]         # hidden during the set-up, handed over at the start
 
     [seeds]
     explore = [0]
@@ -119,6 +123,8 @@ class TaskSpec:
     # source path): a harness shared between tasks, protected like the task's own files
     include: dict[str, str] = field(default_factory=dict)
     accept: Constraint | None = None  # what an accepted node must also meet ([accept])
+    setup_s: float = 0.0  # the untimed set-up's limit ([budget] setup); 0: none
+    timed_paths: tuple[str, ...] = ()  # absolute paths hidden until the budget starts
 
     @property
     def data_dir(self) -> Path:
@@ -272,10 +278,10 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         return _get(base, key, kind, where, prefix, default)
 
     for table, keys, prefix in ((run, {"command"}, "run."), (evaluate, {"command", "timeout"}, "evaluate."),
-                                (prepare, {"command"}, "prepare."), (budget, {"seconds", "grace"}, "budget."),
+                                (prepare, {"command"}, "prepare."), (budget, {"seconds", "grace", "setup", "timed_only"}, "budget."),
                                 (seeds, {"explore", "validate", "confidence", "noise_floor"}, "seeds."),
                                 (guards, {"forbidden", "baseline_relative", "required_audits"}, "guards."),
-                                (budget_o, {"seconds", "grace"}, pw + "budget."),
+                                (budget_o, {"seconds", "grace", "setup"}, pw + "budget."),
                                 (seeds_o, {"explore", "validate", "confidence", "noise_floor"}, pw + "seeds."),
                                 (eval_o, {"timeout"}, pw + "evaluate."),
                                 (metric_o, _METRIC_KEYS, pw + "metric.")):
@@ -297,6 +303,13 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         raise _err(where, "budget.seconds", f"must be positive, got {budget_s}")
     if grace_s < 0:
         raise _err(where, "budget.grace", f"must not be negative, got {grace_s}")
+    setup_s = pick(budget, budget_o, "setup", float, "budget.", 0.0)
+    if setup_s < 0:
+        raise _err(where, "budget.setup", f"must not be negative, got {setup_s}")
+    timed_raw = _str_list(budget, "timed_only", where, "budget.", [])
+    if timed_raw and not setup_s:
+        raise _err(where, "budget.timed_only", "hides paths during the set-up, but there is none: "
+                   "set budget.setup too, or drop timed_only")
     def seed_list(key: str) -> tuple[int, ...]:
         if key in seeds_o:
             return _int_list(seeds_o, key, where, pw + "seeds.")
@@ -315,6 +328,9 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
     params = dict(_get(over, "params", dict, where, pw, {}))
     private = tuple(
         str((path / _expand(p, params, where, "private")).expanduser().resolve()) for p in private_raw
+    )
+    timed_paths = tuple(
+        str((path / _expand(p, params, where, "budget.timed_only")).expanduser().resolve()) for p in timed_raw
     )
     relative = _get(guards, "baseline_relative", dict, where, "guards.", {})
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in relative.values()):
@@ -344,6 +360,8 @@ def load_task(folder: str | os.PathLike, profile: str | None = None) -> TaskSpec
         eval_timeout_s=pick(evaluate, eval_o, "timeout", float, "evaluate.", 120.0),
         budget_s=budget_s,
         grace_s=grace_s,
+        setup_s=setup_s,
+        timed_paths=timed_paths,
         explore_seeds=explore,
         validate_seeds=validate,
         confidence=confidence,

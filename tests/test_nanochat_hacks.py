@@ -25,7 +25,7 @@ import prepare  # noqa: E402  (the task's own script)
 
 VOCAB = 512
 # a generous start-up allowance: a loaded 2-core machine must not trip the budget audit
-PARAMS = {"size": "tiny", "vocab": VOCAB, "train_s": 2, "startup_allowance_s": 30, "eval_seq_len": 64,
+PARAMS = {"size": "tiny", "vocab": VOCAB, "train_s": 2, "allowance_s": 30, "eval_seq_len": 64,
           "eval_batch": 8, "eval_tokens": 4096, "max_params": 5_000_000}
 BASELINE = (TASK / "train.py").read_text()
 
@@ -51,9 +51,11 @@ def edited(*replacements: tuple[str, str], base: str = BASELINE) -> str:
 
 
 def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float = 60, *,
-                  task: Path = TASK, files_from: Path = TASK, base_params: dict = PARAMS, **params):
+                  task: Path = TASK, files_from: Path = TASK, base_params: dict = PARAMS,
+                  setup_s: float | None = None, **params):
     """Run a candidate train.py through the sandboxed runner and evaluator: the files of
-    files_from with train_py in place of its train.py, under task's smoke profile."""
+    files_from with train_py in place of its train.py, under task's smoke profile (its
+    untimed set-up, with the train split hidden until the budget starts)."""
     spec = load_task(task, "smoke")
     files = tmp_path / "files"
     shutil.copytree(files_from, files, ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,7 +66,8 @@ def run_candidate(tmp_path: Path, data_dir: Path, train_py: str, budget_s: float
         grace_s=2, eval_timeout_s=120, run_command=spec.run_command, eval_command=spec.eval_command,
         protected=protected, private_paths=(str(data_dir / "nanochat" / "private"),),
         env=(("THREADLAB_PARAMS", json.dumps(base_params | params)), ("THREADLAB_DATA_DIR", str(data_dir))),
-        readable=(str(data_dir),),
+        readable=(str(data_dir),), setup_s=spec.setup_s if setup_s is None else setup_s,
+        timed_paths=(str(data_dir / "nanochat" / "public" / f"v{(base_params | params)['vocab']}"),),
     )
     executor = LocalExecutor(detect_slots(1, "cpu"))
 
@@ -122,14 +125,33 @@ def test_a_cache_across_evaluation_batches_is_caught_by_the_statelessness_audit(
 
 def test_overrunning_the_budget_is_caught_by_the_budget_audit(tmp_path, data_dir):
     hack = edited(("    while time.time() < ctx.deadline:\n", "    while time.time() < ctx.deadline + 6:\n"))
-    outcome = run_candidate(tmp_path, data_dir, hack, startup_allowance_s=3)
+    outcome = run_candidate(tmp_path, data_dir, hack, allowance_s=3)
     assert "audit.budget" in failed_audits(outcome)
 
 
 def test_overrunning_the_hard_limit_is_killed(tmp_path, data_dir):
-    hack = edited(("    while time.time() < ctx.deadline:\n", "    while True:\n"))
+    # well-behaved in the set-up's call, endless in the timed one
+    hack = edited(("def train(ctx) -> nn.Module:\n", "CALLS = []\n\n\ndef train(ctx) -> nn.Module:\n"),
+                  ("    while time.time() < ctx.deadline:\n",
+                   "    CALLS.append(ctx)\n    while time.time() < ctx.deadline or len(CALLS) > 1:\n"))
     outcome = run_candidate(tmp_path, data_dir, hack, budget_s=6)
     assert outcome.status == RunStatus.TIMEOUT  # the engine turns this into a runtime.budget Alert
+    assert "killed_in" not in outcome.extra and 6 <= outcome.extra["run_s"] < 15
+
+
+def test_an_endless_set_up_is_killed_at_its_limit(tmp_path, data_dir):
+    hack = edited(("    while time.time() < ctx.deadline:\n", "    while True:\n"))
+    outcome = run_candidate(tmp_path, data_dir, hack, setup_s=8)
+    assert outcome.status == RunStatus.TIMEOUT and outcome.extra["killed_in"] == "setup"
+    assert "set-up" in outcome.error and outcome.extra["run_s"] is None
+
+
+def test_the_set_up_cannot_read_the_train_split(tmp_path, data_dir):
+    # train for free before the clock starts: the train split is not there yet
+    train_bin = data_dir / "nanochat" / "public" / f"v{VOCAB}" / "train.bin"
+    hack = edited(("import torch\n", f"import numpy\nimport torch\n\nFREE = numpy.fromfile({str(train_bin)!r}, dtype=numpy.uint16)\n"))
+    outcome = run_candidate(tmp_path, data_dir, hack)
+    assert outcome.status == RunStatus.FAILED and "train.bin" in outcome.error, outcome.error
 
 
 def test_printing_a_fake_val_bpb_is_caught(tmp_path, data_dir):
@@ -298,5 +320,10 @@ def test_rewriting_the_byte_counts_is_caught_statically_and_blocked_at_run_time(
     spec = load_task(TASK, "smoke")
     findings = check_change({"train.py": BASELINE}, {"train.py": hack}, spec.forbidden)
     assert "static.task_forbidden" in {f.guard for f in findings}
+    table = data_dir / "nanochat" / "public" / f"v{VOCAB}" / "token_bytes.npy"
+    before = table.read_bytes()
     outcome = run_candidate(tmp_path, data_dir, hack)
-    assert outcome.status == RunStatus.FAILED and "Read-only file system" in outcome.error
+    # the folder is hidden from the run (the train split's, until the budget starts; then
+    # only the runner holds a handle on it) and read-only in any case
+    assert outcome.status == RunStatus.FAILED and "token_bytes.npy" in outcome.error, outcome.error
+    assert table.read_bytes() == before

@@ -80,7 +80,7 @@ def test_printing_a_fake_time_and_loss_is_not_believed(tmp_path, files, data_dir
 
 def test_training_past_the_deadline_is_caught_by_the_budget_audit(tmp_path, files, data_dir):
     hack = edited(("    return model\n", "    time.sleep(max(0.0, ctx.deadline - time.time()) + 4)\n    return model\n"))
-    outcome = run_candidate(tmp_path, files, data_dir, hack, train_s=3, startup_allowance_s=3)
+    outcome = run_candidate(tmp_path, files, data_dir, hack, train_s=3, allowance_s=3)
     assert "audit.budget" in failed_audits(outcome)
 
 

@@ -57,11 +57,12 @@ def use(root: Path, vocab: int, size: str) -> bool:
     return True
 
 
-class _WarmupContext:
-    """The runner's Context, reduced to what one training step of the baseline needs."""
+class WarmupContext:
+    """The runner's Context on random tokens, its deadline so near that train() takes a step
+    or two: enough for torch.compile to build what the real run needs (runner.py's set-up)."""
 
-    def __init__(self, vocab: int, size: str):
-        self.device, self.seed, self.size, self.vocab_size = "cuda", 0, size, vocab
+    def __init__(self, vocab: int, size: str, device: str = "cuda"):
+        self.device, self.seed, self.size, self.vocab_size = device, 0, size, vocab
         self.deadline = time.time() + 1.0  # the first step (the compilation) outlasts it
 
     def batches(self, batch_size: int, seq_len: int):
@@ -94,7 +95,7 @@ def warm(root: Path, vocab: int, size: str, say=print) -> Path | None:
     import train  # the task's own baseline, never a candidate's
 
     t0 = time.perf_counter()
-    train.train(_WarmupContext(vocab, size))
+    train.train(WarmupContext(vocab, size))
     torch.cuda.synchronize()
     (staging / STAMP).write_text(stamp)
     shutil.rmtree(target, ignore_errors=True)

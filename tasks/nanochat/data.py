@@ -40,14 +40,22 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return data_home(data_dir) / TASK_FOLDER
 
 
+def through(path: Path, handles: dict[str, str]) -> Path:
+    """`path`, or the same file read through a handle the executor gave this process on it
+    or on a folder above it ({hidden path: /proc/self/fd/N})."""
+    real = os.path.realpath(path)
+    for original, handle in handles.items():
+        rel = os.path.relpath(real, os.path.realpath(original))
+        if rel == ".":
+            return Path(handle)
+        if not rel.startswith(".."):
+            return Path(handle) / rel
+    return path
+
+
 def private_root(root: Path) -> Path:
     """root/private, or the handle on it that the executor gave this process."""
-    path = root / "private"
-    handles = json.loads(os.environ.get("THREADLAB_PRIVATE") or "{}")
-    for original, handle in handles.items():
-        if os.path.realpath(original) == os.path.realpath(path):
-            return Path(handle)
-    return path
+    return through(root / "private", json.loads(os.environ.get("THREADLAB_PRIVATE") or "{}"))
 
 
 def vocab_dir(vocab: int, private: bool = False, root: Path | None = None) -> Path:
@@ -55,10 +63,10 @@ def vocab_dir(vocab: int, private: bool = False, root: Path | None = None) -> Pa
     return (private_root(root) if private else root / "public") / f"v{int(vocab)}"
 
 
-def _split_path(split: str, vocab: int, root: Path | None) -> Path:
+def _split_path(split: str, vocab: int, root: Path | None, handles: dict[str, str]) -> Path:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    return vocab_dir(vocab, split not in PUBLIC_SPLITS, root) / f"{split}.bin"
+    return through(vocab_dir(vocab, split not in PUBLIC_SPLITS, root) / f"{split}.bin", handles)
 
 
 def _missing(what: str, path: Path, vocab: int) -> FileNotFoundError:
@@ -68,11 +76,13 @@ def _missing(what: str, path: Path, vocab: int) -> FileNotFoundError:
     )
 
 
-def load_tokens(split: str, vocab: int, root: Path | None = None) -> np.memmap:
+def load_tokens(split: str, vocab: int, root: Path | None = None,
+                handles: dict[str, str] | None = None) -> np.memmap:
     """The token ids of one split as a read-only uint16 memmap.
 
-    train is read from public/, val and audit from private/ (hidden from candidates)."""
-    path = _split_path(split, vocab, root)
+    train is read from public/ (hidden during a run's set-up; `handles` from the executor's
+    go reach it), val and audit from private/ (hidden from candidates)."""
+    path = _split_path(split, vocab, root, handles or {})
     if not path.is_file():
         raise _missing(f"{split} tokens", path, vocab)
     return np.memmap(path, dtype=np.uint16, mode="r")
