@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ sys.path.insert(0, {str(TASK)!r})
 import compile_cache, train
 assert compile_cache.use(__import__("pathlib").Path({str(root)!r}), {VOCAB}, "full")
 t0 = time.perf_counter()
-train.train(compile_cache._WarmupContext({VOCAB}, "full"))
+train.train(compile_cache.WarmupContext({VOCAB}, "full"))
 torch.cuda.synchronize()
 from torch._dynamo.utils import counters
 print(json.dumps({{"s": time.perf_counter() - t0, "hits": counters["inductor"]["fxgraph_cache_hit"],
@@ -61,3 +62,46 @@ print(json.dumps({{"s": time.perf_counter() - t0, "hits": counters["inductor"]["
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     print(figures)
     assert figures["hits"] > 0 and figures["misses"] == 0
+
+
+def test_the_set_up_call_takes_its_steps_however_long_the_model_takes_to_build(monkeypatch):
+    # a clock deadline would pass while CUDA starts up, before the first (compiling) step
+    import train
+
+    build = train.make_model
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(train, "make_model", slow)
+    ctx = compile_cache.WarmupContext(VOCAB, "tiny", "cpu")
+    train.train(ctx)
+    assert ctx.drawn == compile_cache.WarmupContext.STEPS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the CPU path is tested above)")
+def test_after_the_set_up_the_timed_call_compiles_nothing(tmp_path):
+    # runner.py's two calls in one process: the second, timed one must find every graph
+    # compiled (its first step within a second), or the budget pays for compilation
+    probe = f"""
+import json, sys, time, torch
+sys.path.insert(0, {str(TASK)!r})
+import compile_cache, train
+from torch._dynamo.utils import counters
+train.train(compile_cache.WarmupContext({VOCAB}, "full"))
+torch.cuda.synchronize()
+frames = counters["stats"]["unique_graphs"]
+ctx = compile_cache.WarmupContext({VOCAB}, "full")
+t0 = time.perf_counter()
+train.train(ctx)
+torch.cuda.synchronize()
+print(json.dumps({{"s": time.perf_counter() - t0, "new_graphs": counters["stats"]["unique_graphs"] - frames}}))
+"""
+    env = dict(__import__("os").environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+               TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         check=True, env=env)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    print(figures)
+    assert figures["new_graphs"] == 0 and figures["s"] < 3.0

@@ -58,18 +58,30 @@ def use(root: Path, vocab: int, size: str) -> bool:
 
 
 class WarmupContext:
-    """The runner's Context on random tokens, its deadline so near that train() takes a step
-    or two: enough for torch.compile to build what the real run needs (runner.py's set-up)."""
+    """The runner's Context on random tokens, for a few steps only: enough for torch.compile
+    to build what the real run needs (runner.py's set-up, and warm() here).
+
+    Its deadline is an hour away until the candidate has drawn STEPS batches, and past once
+    it has: a clock deadline would end the loop before the first step wherever building
+    the model outlasts it (CUDA's start-up takes seconds), and nothing would be compiled."""
+
+    STEPS = 3
 
     def __init__(self, vocab: int, size: str, device: str = "cuda"):
         self.device, self.seed, self.size, self.vocab_size = device, 0, size, vocab
-        self.deadline = time.time() + 1.0  # the first step (the compilation) outlasts it
+        self.drawn = 0
+        self._far = time.time() + 3600.0
+
+    @property
+    def deadline(self) -> float:
+        return self._far if self.drawn < self.STEPS else time.time() - 1.0
 
     def batches(self, batch_size: int, seq_len: int):
         import torch
 
         while True:
             chunk = torch.randint(0, self.vocab_size, (batch_size, seq_len + 1), device=self.device)
+            self.drawn += 1
             yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
     def report(self, step: int, name: str, value: float) -> None:
