@@ -596,8 +596,8 @@ class LocalExecutor:
             return outcome(RunStatus.TIMEOUT, f"killed in its untimed set-up after {req.setup_s:g} s "
                            "(budget.setup): it never signalled ready", first.code)
         if first.in_setup and first.code == 0:
-            return outcome(RunStatus.FAILED, "the candidate exited in its set-up without signalling "
-                           "ready (the run command must write `ready` to THREADLAB_GATE_FD)", 0)
+            return outcome(RunStatus.FAILED, "the candidate exited before its budget started (the run "
+                           "command must write `ready` to THREADLAB_GATE_FD, then wait for go)", 0)
         if first.timed_out:
             return outcome(RunStatus.TIMEOUT, f"killed at budget {req.budget_s:g} s + grace "
                            f"{req.grace_s:g} s", first.code)
@@ -648,6 +648,8 @@ class LocalExecutor:
             async with contextlib.AsyncExitStack() as held:
                 if gate is None:  # the whole run is timed: it takes its turn before it starts
                     await held.enter_async_context(turn)
+                    if active.stop is not None:  # cancelled while it waited
+                        return _Exit(-signal.SIGKILL, False, 0.0, in_setup=True)
                 await samples.start()
                 stdout = _open_log(run_dir / "stdout.log")
                 stderr = _open_log(run_dir / "stderr.log")
@@ -673,7 +675,10 @@ class LocalExecutor:
                     if early is not None:
                         return early
                     t0 = time.monotonic()
-                    await held.enter_async_context(turn)
+                    if not await self._take_turn(turn, active.group):  # it ended while it waited
+                        ended = await self._wait(active.group, req.setup_s, active)
+                        return _Exit(ended.code, False, ended.seconds, in_setup=True)
+                    held.callback(turn.release)
                     extra["turn_wait_s"] = round(time.monotonic() - t0, 3)
                     self._go(gate, req)
                 extra["timed_at"] = time.time()
@@ -719,6 +724,25 @@ class LocalExecutor:
         # It closed the gate, said something else or exited: it ends here, within its limit.
         ended = await self._wait(group, max(0.0, limit_s - (time.monotonic() - t0)), active)
         return _Exit(ended.code, ended.timed_out, ended.seconds, in_setup=True)
+
+    @staticmethod
+    async def _take_turn(turn: asyncio.Lock, group: sandbox.Confined) -> bool:
+        """Wait for the slot's turn at the timed part: True once held; False when the run
+        ended first (killed by cancel(), or it exited), and then the turn is not held."""
+        acquire = asyncio.ensure_future(turn.acquire())
+        exited = asyncio.ensure_future(group.proc.wait())
+        try:
+            await asyncio.wait({acquire, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            await asyncio.gather(acquire, exited, return_exceptions=True)
+        held = not acquire.cancelled() and acquire.exception() is None
+        if held and group.proc.returncode is not None:
+            turn.release()
+            held = False
+        return held
 
     @staticmethod
     def _go(gate: socket.socket, req: RunRequest) -> None:

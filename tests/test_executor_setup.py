@@ -100,7 +100,7 @@ async def test_garbage_instead_of_ready_is_not_a_go(mode, tmp_path):
 
 
 @pytest.mark.parametrize("code, status, words", [
-    (0, RunStatus.FAILED, "without signalling ready"),
+    (0, RunStatus.FAILED, "exited before its budget started"),
     (3, RunStatus.FAILED, "exited with code 3"),
 ])
 async def test_an_exit_in_the_set_up_ends_the_run(mode, tmp_path, code, status, words):
@@ -160,3 +160,22 @@ async def test_an_ungated_run_waits_for_its_turn_before_it_starts(mode, tmp_path
     assert all(o.status == RunStatus.DONE for o in outs)
     starts = sorted(json.loads((tmp_path / f"run{i}" / "out" / "times").read_text())[0] for i in (1, 2))
     assert starts[1] - starts[0] >= 1.0
+
+
+async def test_a_run_cancelled_while_it_waits_for_its_turn_ends_at_once(mode, tmp_path):
+    first, second = two_runs(tmp_path)
+    files = Path(first.files_dir)
+    (files / "train.py").write_text((files / "train.py").read_text().replace("time.sleep(1.5)", "time.sleep(20)"))
+    slots = [Slot("gpu0", "gpu", turn="gpu0"), Slot("gpu0.1", "gpu", turn="gpu0")]
+    executor = LocalExecutor(slots)
+    holder = asyncio.ensure_future(executor.execute(first, slots[0], Sink()))
+    await asyncio.sleep(2.5)  # it has set up and holds the turn, for 20 s
+    waiter = asyncio.ensure_future(executor.execute(second, slots[1], Sink()))
+    await asyncio.sleep(2.5)  # set up too: waiting for the turn
+    t0 = asyncio.get_running_loop().time()
+    assert await executor.cancel(second.run_id)
+    out = await waiter
+    assert out.status == RunStatus.CANCELLED and asyncio.get_running_loop().time() - t0 < 5
+    assert "timed_at" not in out.extra
+    await executor.cancel(first.run_id)
+    await holder
