@@ -8,7 +8,10 @@ than --margin (default 0.01: less is within the run-to-run noise of one session)
 variant sets the solution's module constants; a file variant's file (its knobs applied)
 becomes the solution. The comments above the constants are left as they are: edit them by
 hand to record the measurement. Then the task folders are regenerated (python -m
-kernels.tasks), which a test checks.
+kernels.tasks), which a test checks. A playbook idea (kernels/variants/<name>.toml) whose
+search text the new solution no longer has (say it searched for `NUM_STAGES = 3` and 4 won) is
+named in the output: edit or drop it (tests/kernels check that every idea applies), then
+regenerate the tasks again.
 """
 
 from __future__ import annotations
@@ -46,9 +49,27 @@ def apply(sweep: dict, margin: float = 0.01, solutions: Path = SOLUTIONS, dry_ru
         source = with_knobs(base.read_text(), variant)
         shipped = sweep["problems"][name]["variants"]["shipped"]["S"]
         lines.append(f"{name}: {tag} (S {shipped:.3f} -> {entry['S']:.3f})")
+        stale = [i for i, edits in _ideas(name).items() if not _applies(edits, source)]
+        if stale:  # tests/kernels check that every playbook idea applies to the shipped solution
+            lines.append(f"  {name}: fix kernels/variants/{name}.toml, these ideas no longer apply: {', '.join(stale)}")
         if not dry_run:
             (solutions / f"{name}.py").write_text(source)
     return lines
+
+
+def _ideas(name: str) -> dict[str, list[dict]]:
+    import tomllib
+
+    path = ROOT / "kernels" / "variants" / f"{name}.toml"
+    return {i["id"]: i["edit"] for i in tomllib.loads(path.read_text())["idea"]} if path.is_file() else {}
+
+
+def _applies(edits: list[dict], source: str) -> bool:
+    for edit in edits:
+        if source.count(edit["search"]) != 1:
+            return False
+        source = source.replace(edit["search"], edit["replace"])
+    return True
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-LOG2_BLOCK_M = 7
-LOG2_BLOCK_N = 6
+LOG2_BLOCK_M = 7  # 128 queries a program: two warpgroups of 64 rows each (8 warps)
+LOG2_BLOCK_N = 6  # 64 keys a step: S (128x64 fp32) and acc (128x128 fp32) stay in registers
 LOG2_WARPS = 3
-NUM_STAGES = 3
+NUM_STAGES = 3  # K and V tiles in flight in shared memory
 
 
 @triton.jit
