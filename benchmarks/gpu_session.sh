@@ -22,7 +22,7 @@ if [ ! -d "$S/site" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$S/site" .whl/*.whl
 fi
 # the data outside the working tree: each call re-syncs .gpudata, which would delete what the
-# session adds there (the compile cache) under the running engine
+# session adds there under the running engine
 [ -d "$S/data" ] || cp -r .gpudata "$S/data"
 export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$S/data" PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH="$PWD/.bw/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # tmux's libevent
@@ -67,7 +67,7 @@ report)
   python3 -m engine.cli status --db "$DB" > "$OUT/$2-status.txt" 2>&1 || true
   python3 benchmarks/session_report.py "$DB" --nvidia-smi "$S/nvidia-smi.csv" --out "$OUT/$2.json"
   cp "$S/nvidia-smi.csv" "$OUT/$2-nvidia-smi.csv"
-  # what each training run said about itself (tokens, train_s, compile cache), in one file
+  # what each training run said about itself (tokens, train_s, setup_s), in one file
   python3 - "$S" "$OUT/$2-harness.json" <<'PY'
 import json, pathlib, sys
 runs = pathlib.Path(sys.argv[1]) / "state.run" / "runs"

@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 LOG2_BLOCK = 12  # columns a program loads per step: four sub-tiles of 1024 (16 fp32 a thread at 4 warps)
-LOG2_SEGMENT = 15  # columns a program reduces: 8 steps
+LOG2_SEGMENT = 17  # columns a program reduces: 32 steps, a whole 128256-wide row: one launch, no combine
+# (H200 sweep, 2026-12-03: S 0.431 against 0.253 at 15; one noisy measurement each)
 LOG2_WARPS = 2  # at most 2**LOG2_WARPS warps, and at least one 16-byte load a thread per sub-tile
 
 

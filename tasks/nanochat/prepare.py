@@ -1006,17 +1006,6 @@ def prepare(source: str = "builtin", vocab: int = 8192, data_dir: Path | None = 
     return root
 
 
-def warm_compile_cache(root: Path, vocab: int, size: str) -> None:
-    """Best effort: without a warm cache every run compiles from scratch, within its budget."""
-    import compile_cache
-
-    try:
-        compile_cache.warm(root, vocab, size, say=say)
-    except Exception as exc:  # the baseline's own failure shows again in its first run
-        print(f"prepare nanochat: warning: warming the compile cache failed ({type(exc).__name__}: {exc}); "
-              "runs will compile from scratch", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="builtin", help="builtin (default), climbmix or dir:PATH")
@@ -1025,14 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"data folder (default ${nanodata.DATA_DIR_ENV} or ~/.cache/threadlab)")
     parser.add_argument("--shards", type=int, default=2, help="climbmix: shards incl. the validation shard (default 2)")
     parser.add_argument("--force", action="store_true", help="redo every stage, downloads included")
-    parser.add_argument("--compile-size", default=None,
-                        help="where CUDA is: also warm the compile cache of the baseline at this model size "
-                             "(see compile_cache.py)")
     args = parser.parse_args(argv)
     try:
         root = prepare(args.source, args.vocab, args.data_dir, args.force, args.shards)
-        if args.compile_size:
-            warm_compile_cache(root, args.vocab, args.compile_size)
     except PrepareError as exc:
         print(f"prepare nanochat: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ evaluate.py, in another process.
 Two parts, as FIELD-NOTES' timing rule has it (training time only; warm-up on dummy data
 untimed):
   set-up (untimed, at most budget.setup): import the candidate and call train() once on
-      random tokens with a deadline already near, so torch.compile builds its kernels. The
+      random tokens for three steps (warmup.py), so torch.compile builds its kernels. The
       train split is hidden from the sandbox until then (budget.timed_only), so nothing
       done here can learn from it.
   timed (the budget, counted by the executor from its `go`): the executor hands over the
@@ -27,8 +27,8 @@ os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), "t
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import compile_cache  # noqa: E402
 import data  # noqa: E402
+from warmup import WarmupContext  # noqa: E402
 
 PARAMS = json.loads(os.environ.get("THREADLAB_PARAMS", "{}"))
 VOCAB = int(PARAMS.get("vocab", 8192))
@@ -99,14 +99,11 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     fd = os.environ.get("THREADLAB_SAMPLES_FD")
     samples = os.fdopen(int(fd), "w", buffering=1) if fd else None
-    # the baseline's compilations, made once per machine by prepare.py: a private copy
-    warm = device == "cuda" and compile_cache.use(data.data_root(), VOCAB, SIZE)
-
     # ---- set-up: untimed, blind to the data
     t0 = time.time()
     import train  # the candidate
 
-    train.train(compile_cache.WarmupContext(VOCAB, SIZE, device))
+    train.train(WarmupContext(VOCAB, SIZE, device))
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -129,7 +126,6 @@ def main() -> None:
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(OUT, "model.pt"))
     with open(os.path.join(OUT, "harness.json"), "w") as f:  # figures for people, never for the score
         json.dump({"tokens": ctx.tokens_drawn, "train_s": train_s, "setup_s": setup_s, "device": device,
-                   "compile_cache": warm,
                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                    "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}, f)
 
