@@ -715,7 +715,8 @@ class LocalExecutor:
         t0 = time.monotonic()
         try:
             await asyncio.wait({said, exited}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-            if said.done() and not said.cancelled() and said.result() and not exited.done():
+            if said.done() and not said.cancelled() and said.exception() is None and said.result() \
+                    and not exited.done():
                 return None
         finally:
             for task in (said, exited):
