@@ -4,7 +4,7 @@
 
 Busy fraction: the union of the runs' [started_at, ended_at] intervals per slot over the
 session's window (first run start to last run end), averaged over slots. GPU busy from the
-runs: the union of their timed parts (extra.timed_at for run_s seconds: training, not
+runs (timed_busy_from_runs): the union of their timed parts (extra.timed_at for run_s seconds: training, not
 set-up or evaluation) per GPU (slots gpu0 and gpu0.1 share gpu0), over the window. With
 --nvidia-smi (a CSV whose first two columns are `timestamp,utilization.gpu`, as
 `nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 1000`
@@ -79,7 +79,7 @@ def report(db_path: Path, smi: Path | None) -> dict:
         "runs_per_hour": round(len(runs) / window * 3600, 1),
         "slots": len(by_slot),
         "slot_busy_fraction": round(busy, 4),
-        "gpu_busy_from_runs": {gpu: round(union_seconds(v) / window, 4) for gpu, v in sorted(timed.items())},
+        "timed_busy_from_runs": {gpu: round(union_seconds(v) / window, 4) for gpu, v in sorted(timed.items())},
         "run_s_median": round(statistics.median(r["ended_at"] - r["started_at"] for r in done), 1) if done else None,
         "baseline": {"metric": root["metric"], "seeds": baseline_runs},
         "accepted": [{"id": n["id"], "title": n["title"], "metric": n["metric"], "std": n["metric_std"],
