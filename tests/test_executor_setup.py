@@ -131,7 +131,9 @@ async def run_both(tmp_path: Path, slots: list[Slot]) -> list[list[float]]:
     executor = LocalExecutor(slots)
     outs = await asyncio.gather(*(executor.execute(req, slot, Sink()) for req, slot in zip(two_runs(tmp_path), slots)))
     assert all(o.status == RunStatus.DONE for o in outs), [o.error for o in outs]
-    return sorted(json.loads((tmp_path / f"run{i}" / "out" / "times").read_text()) for i in (1, 2))
+    # [set-up start, go, end] of each, in the order they got their turn
+    return sorted((json.loads((tmp_path / f"run{i}" / "out" / "times").read_text()) for i in (1, 2)),
+                  key=lambda times: times[1])
 
 
 async def test_slots_of_one_gpu_take_turns_at_the_timed_part_only(mode, tmp_path, monkeypatch):
@@ -139,7 +141,7 @@ async def test_slots_of_one_gpu_take_turns_at_the_timed_part_only(mode, tmp_path
     slots = detect_slots(device="gpu", per_gpu=2)
     assert [s.name for s in slots] == ["gpu0", "gpu0.1"] and {s.turn for s in slots} == {"gpu0"}
     first, second = await run_both(tmp_path, slots)
-    assert abs(first[0] - second[0]) < 0.8  # both set up at once
+    assert abs(first[0] - second[0]) < 1.0  # both set up at once
     assert second[1] >= first[2]  # the second's budget starts when the first's run ends
 
 
