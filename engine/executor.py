@@ -504,6 +504,26 @@ _STOP_ERRORS = {
 }
 
 
+async def _unless_it_exits(awaitable: Awaitable[Any], group: sandbox.Confined,
+                           timeout: float | None = None) -> asyncio.Future:
+    """Run `awaitable` until it completes, the group's process exits or `timeout` passes;
+    the task comes back done or cancelled (see _succeeded)."""
+    task = asyncio.ensure_future(awaitable)
+    exited = asyncio.ensure_future(group.proc.wait())
+    try:
+        await asyncio.wait({task, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, exited, return_exceptions=True)
+    return task
+
+
+def _succeeded(task: asyncio.Future) -> bool:
+    return not task.cancelled() and task.exception() is None
+
+
 class LocalExecutor:
     """Runs on this machine's Slots, one process group (and sandbox) per phase of a Run."""
 
@@ -710,18 +730,10 @@ class LocalExecutor:
                 line.extend(chunk)
             return line.split(b"\n")[0].strip() == b"ready"
 
-        said = asyncio.ensure_future(ready())
-        exited = asyncio.ensure_future(group.proc.wait())
         t0 = time.monotonic()
-        try:
-            await asyncio.wait({said, exited}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-            if said.done() and not said.cancelled() and said.exception() is None and said.result() \
-                    and not exited.done():
-                return None
-        finally:
-            for task in (said, exited):
-                task.cancel()
-            await asyncio.gather(said, exited, return_exceptions=True)
+        said = await _unless_it_exits(ready(), group, limit_s)
+        if _succeeded(said) and said.result() and group.proc.returncode is None:
+            return None
         # It closed the gate, said something else or exited: it ends here, within its limit.
         ended = await self._wait(group, max(0.0, limit_s - (time.monotonic() - t0)), active)
         return _Exit(ended.code, ended.timed_out, ended.seconds, in_setup=True)
@@ -730,16 +742,7 @@ class LocalExecutor:
     async def _take_turn(turn: asyncio.Lock, group: sandbox.Confined) -> bool:
         """Wait for the slot's turn at the timed part: True once held; False when the run
         ended first (killed by cancel(), or it exited), and then the turn is not held."""
-        acquire = asyncio.ensure_future(turn.acquire())
-        exited = asyncio.ensure_future(group.proc.wait())
-        try:
-            await asyncio.wait({acquire, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-            if not acquire.done():
-                acquire.cancel()
-            await asyncio.gather(acquire, exited, return_exceptions=True)
-        held = not acquire.cancelled() and acquire.exception() is None
+        held = _succeeded(await _unless_it_exits(turn.acquire(), group))
         if held and group.proc.returncode is not None:
             turn.release()
             held = False
