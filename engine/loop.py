@@ -954,12 +954,13 @@ class Engine:
         if pause:
             note = f"proposer error: {exc}" if exc.fatal else \
                 f"paused after {failures} failed proposals in a row; last: {exc}"
-            if current.status == ThreadStatus.RUNNING:
-                await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=note)
+            # The event first: whoever sees the thread paused can read why.
             level = "warning" if exc.kind == "spend_cap" else "error"
             await self.store.add_event(level, "spend" if exc.kind == "spend_cap" else "proposer",
                                        f"thread {thread.name}: {message}; thread paused", thread=thread.id,
                                        proposer=thread.proposer, error=exc.kind, fatal=exc.fatal, **cost)
+            if current.status == ThreadStatus.RUNNING:
+                await self.store.update_thread(thread.id, status=str(ThreadStatus.PAUSED), note=note)
             self._proposer_failures.pop(thread.id, None)
             return
         self._propose_after[thread.id] = time.monotonic() + exc.retry_after_s
