@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A research session on the lent GPU machine (no network, none of our packages).
 #
+#   benchmarks/gpu_session.sh corpus PACKAGE...           # nanochat data: this machine's Python source
 #   benchmarks/gpu_session.sh start TASK PROFILE BUDGET   # `threadlab run` with its TUI, in tmux
 #   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
 #   benchmarks/gpu_session.sh screen NAME                 # the TUI as it is now: $OUT/NAME.ansi
@@ -12,7 +13,10 @@
 # .whl/ (wheels of our pure dependencies for Python 3.12: aiosqlite optuna sqlalchemy
 # alembic colorlog mako watchfiles greenlet, and textual with the versions of its own
 # dependencies that we test with), .bw/ (`dpkg -x` of the Debian packages of bubblewrap, tmux,
-# libevent-core and libutempter) and .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
+# libevent-core and libutempter) and, optionally, .gpudata/ (prepared task data, THREADLAB_DATA_DIR).
+# The builtin corpus (3.4M tokens) is far too small for a GPU: a 60 s gpu-quick run goes over
+# it 13 times. `corpus` prepares nanochat from the .py files of the named packages of this
+# machine's site-packages instead (torch scipy sympy ...: ~40M tokens), offline.
 # State lives in /tmp/threadlab-session, which outlives one call while the machine stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +27,26 @@ if [ ! -d "$S/site" ]; then
 fi
 # the data outside the working tree: each call re-syncs .gpudata, which would delete what the
 # session adds there under the running engine
-[ -d "$S/data" ] || cp -r .gpudata "$S/data"
+if [ ! -d "$S/data" ]; then
+  if [ -d .gpudata ]; then cp -r .gpudata "$S/data"; else mkdir -p "$S/data"; fi
+fi
 export PYTHONPATH="$S/site:$PWD" PATH="$PWD/.bw/usr/bin:$PATH" THREADLAB_DATA_DIR="$S/data" PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH="$PWD/.bw/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # tmux's libevent
 DB="$S/state.db"
 TMUX_CMD=(tmux -L threadlab -f /dev/null)
 
 case "$1" in
+corpus)
+  shift
+  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  rm -rf "$S/corpus" && mkdir -p "$S/corpus"
+  for pkg in "$@"; do
+    [ -d "$site/$pkg" ] || { echo "no package $pkg in $site"; continue; }
+    (cd "$site" && find "$pkg" -name '*.py' -size -1000k -print0 | xargs -0 cp --parents -t "$S/corpus")
+  done
+  du -sh "$S/corpus"
+  python3 -m engine.cli prepare nanochat --profile gpu-quick --source "dir:$S/corpus" 2>&1 | grep -v '%|' || true
+  ;;
 start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \

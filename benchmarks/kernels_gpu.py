@@ -1,13 +1,16 @@
 """The GPU run of the kernel suite: the full bench, then the whole hack corpus.
 
-    OUT=/some/dir python3 benchmarks/kernels_gpu.py [bench] [hacks]   (or benchmarks/kernels_gpu.sh)
+    OUT=/some/dir python3 benchmarks/kernels_gpu.py [bench] [hacks] [bench-launched]
+                                                            (or benchmarks/kernels_gpu.sh)
 
 Needs the repo, Python >= 3.11, torch and triton with CUDA; no network, and threadlab
 need not be installed (the repo root goes on sys.path, and the evaluator hands it to its
 workers). Writes into $OUT (default ./kernels-gpu-out): bench.json (per problem: T_k, T_b,
 T_SOL, S, failed checks, what Triton was excused for; mean S; the machine and the measured
 peaks), hacks.json (per hack: the checks that failed, and whether the expected one did),
-and summary.json. Each file is rewritten after every problem or hack, so a run cut short
+and summary.json; `bench-launched` (not in the default run) benches again without the
+timer's launch-hiding spin (kernels/timing.py), into bench-launched.json, to show what
+the launch overhead did to the scores. Each file is rewritten after every problem or hack, so a run cut short
 still leaves what it measured. Prints a line when each one starts and ends.
 
 Speed: evaluations run side by side (KERNELS_PARALLEL, default 4 for the bench and 6 for
@@ -74,12 +77,14 @@ def run_pool(jobs: list, fn, parallel: int, deadline: float) -> None:
             future.result()
 
 
-def run_bench(out: Path, parallel: int, deadline: float) -> dict:
-    say(f"== bench: {len(problems())} shipped solutions, {parallel} at a time, timing one at a time ==")
+def run_bench(out: Path, parallel: int, deadline: float, hide_launch: bool = True) -> dict:
+    name = "bench.json" if hide_launch else "bench-launched.json"
+    say(f"== bench: {len(problems())} shipped solutions, {parallel} at a time, timing one at a time"
+        f"{'' if hide_launch else ', launch overhead timed too'} ==")
     peaks = sol.peaks(write_cache=True)
-    cfg = Config(mode="gpu", time_it=True, peaks=peaks, gate=GpuGate())
+    cfg = Config(mode="gpu", time_it=True, peaks=peaks, gate=GpuGate(), hide_launch=hide_launch)
     summary: dict = {"machine": bench.machine("gpu"), "peaks": peaks, "parallel": parallel, "problems": {},
-                     "skipped": []}
+                     "skipped": [], "hide_launch": hide_launch}
     lock = threading.Lock()
 
     def one(name: str, skipped: bool = False) -> None:
@@ -100,7 +105,7 @@ def run_bench(out: Path, parallel: int, deadline: float) -> dict:
             scores = [e["metric"] for e in done if e["metric"] is not None and not e["failed"] and not e["error"]]
             summary["correct"] = sum(1 for e in done if not e["error"] and not e["failed"])
             summary["mean_S"] = sum(scores) / len(scores) if scores else None
-            write(out, "bench.json", summary)
+            write(out, name, summary)
         for row in bench.line(name, report, entry):
             say("  ".join(row))
         if entry["error"]:
@@ -111,7 +116,7 @@ def run_bench(out: Path, parallel: int, deadline: float) -> dict:
     summary["total"] = len(problems())
     summary["correct"] = summary.get("correct", 0)
     summary["problems"] = {n: summary["problems"][n] for n in problems() if n in summary["problems"]}
-    write(out, "bench.json", summary)
+    write(out, name, summary)
     say(f"mean S over {summary['correct']}/{summary['total']} correct problems: {summary.get('mean_S')}"
         + (f"; skipped: {', '.join(summary['skipped'])}" if summary["skipped"] else ""))
     return summary
@@ -162,12 +167,16 @@ def main() -> None:
     protect_process()
     deadline = T0 + float(os.environ.get("KERNELS_DEADLINE_S", "420"))
     parallel = os.environ.get("KERNELS_PARALLEL")
-    only = sys.argv[1:]  # "bench" or "hacks" to run one part
+    only = sys.argv[1:]  # "bench", "hacks" or "bench-launched": the parts to run
     summary: dict = {"started": time.time()}
     if not only or "bench" in only:
         b = run_bench(out, int(parallel or 4), deadline)
         summary.update(mean_S=b.get("mean_S"), correct=b["correct"], total=b["total"], machine=b["machine"],
                        peaks=b.get("peaks"), bench_skipped=b["skipped"], bench_s=round(time.monotonic() - T0, 1))
+        write(out, "summary.json", summary)
+    if "bench-launched" in only:
+        b = run_bench(out, int(parallel or 4), deadline, hide_launch=False)
+        summary.update(mean_S_launched=b.get("mean_S"), correct_launched=b["correct"])
         write(out, "summary.json", summary)
     if not only or "hacks" in only:
         t1 = time.monotonic()

@@ -86,7 +86,17 @@ def report(db_path: Path, smi: Path | None) -> dict:
                       "p_value": n["p_value"], "parent": n["parent_id"]} for n in accepted],
         "nodes": dict(Counter(r[0] for r in db.execute("SELECT status FROM nodes"))),
         "alerts": [dict(a) for a in alerts],
+        # why runs failed: the session's record, which the figures alone do not give
+        "failed_runs": [{"run": r["id"], "node": r["node_id"], "status": r["status"], "error": (r["error"] or "")[:300]}
+                        for r in runs if r["status"] not in ("done", "cancelled")],
     }
+    extras = [json.loads(r["extra"] or "{}") for r in done]
+    epochs = [e["epochs"] for e in extras if isinstance(e.get("epochs"), (int, float))]
+    if epochs:  # passes over the train split (a training task's data-repetition figure)
+        out["epochs_per_run"] = {"min": min(epochs), "median": statistics.median(epochs), "max": max(epochs)}
+    evals = [e["eval_s"] for e in extras if isinstance(e.get("eval_s"), (int, float))]
+    if evals:
+        out["eval_s_median"] = round(statistics.median(evals), 1)
     if smi is not None and smi.exists():
         out["nvidia_smi"] = gpu_samples(smi, start, end)
     return out

@@ -190,6 +190,7 @@ class Engine:
         self._materialize_locks: dict[int, asyncio.Lock] = {}
         self._elapsed = 0.0
         self._infra_failures = 0  # runs in a row that this machine could not start
+        self._baseline_warned = False  # the evaluator's warning on the baseline, posted once
         # Proposals are made concurrently, one at a time per Thread: a slow proposer (Claude,
         # a person) never holds up the others.
         self._proposing: dict[int, asyncio.Task[None]] = {}  # thread id -> its proposal under way
@@ -584,6 +585,7 @@ class Engine:
                            f"(+{task.grace_s:.0f}s grace) and was killed", {"run_s": outcome.extra.get("run_s"),
                                                                             "budget_s": task.budget_s}))
         alerts += await self._result_alerts(run, outcome)
+        await self._baseline_warning(run, outcome)
         await self.store.finish_run(
             run.id, status=outcome.status, metric=outcome.metric, exit_code=outcome.exit_code, error=outcome.error,
             extra=dict(outcome.extra, audits=[a.guard for a in outcome.audits]), started_at=None,
@@ -605,6 +607,14 @@ class Engine:
                       "Nothing was charged to the candidates; fix the cause, then `threadlab run` resumes")
             return
         await asyncio.sleep(MACHINE_RETRY_S * self._infra_failures)  # before this slot takes another run
+
+    async def _baseline_warning(self, run: RunRow, outcome: RunOutcome) -> None:
+        """An evaluator's `extra.warning` on the unmodified baseline is about the task set-up
+        (e.g. too little data for the profile): a warning event once, never an Alert."""
+        warning = outcome.extra.get("warning")
+        if run.node_id == self.root_id and isinstance(warning, str) and warning and not self._baseline_warned:
+            self._baseline_warned = True
+            await self.store.add_event("warning", "task", f"baseline run #{run.id}: {warning[:1000]}", run=run.id)
 
     async def _result_alerts(self, run: RunRow, outcome: RunOutcome) -> list[tuple]:
         """Guards on the evaluator's result: the audits it must report, and result keys far

@@ -108,6 +108,9 @@ class Config:
     startup_timeout_s: float = 300.0
     call_timeout_s: float = 300.0
     speedup_cap: float = 10.0
+    # a GPU spin before each timed call hides the host's launch overhead (kernels/timing.py);
+    # False times from an idle GPU, launch included (the protocol before 2026-12-06)
+    hide_launch: bool = True
     peaks: dict | None = None  # GPU peaks; measured (or read from the cache) when None
     gate: GpuGate | None = None  # shared by evaluations run in parallel (bench): timing runs alone
 
@@ -230,6 +233,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def _share(flags: list) -> float | None:
+    return sum(map(bool, flags)) / len(flags) if flags else None
 
 
 class Evaluation:
@@ -463,8 +470,8 @@ class Evaluation:
 
     def _time(self, w: WorkerProcess, impl: str, n: int, keep: bool = False) -> tuple[dict, list[int], float]:
         seeds = [secrets.randbits(62) for _ in range(n)]
-        reply, _, wall = w.request({"op": "time", "impl": impl, "seeds": seeds, "keep": keep},
-                                   self.cfg.call_timeout_s)
+        reply, _, wall = w.request({"op": "time", "impl": impl, "seeds": seeds, "keep": keep,
+                                    "hide_launch": self.cfg.hide_launch}, self.cfg.call_timeout_s)
         if "error" in reply:
             if w.role == "baseline":
                 return {}, seeds, wall
@@ -488,8 +495,8 @@ class Evaluation:
             self._time(cand, "candidate", cfg.warmup)
             for impl in impls:
                 self._time(base, impl, cfg.warmup)
-            got: dict[str, dict[str, list[float]]] = {k: {"main_ms": [], "total_ms": [], "host_ms": []}
-                                                      for k in ["null", "candidate", *impls]}
+            got: dict[str, dict[str, list]] = {k: {"main_ms": [], "total_ms": [], "host_ms": [], "hidden": []}
+                                               for k in ["null", "candidate", *impls]}
             walls = {"null": 0.0, "candidate": 0.0}
             cand_seeds: list[int] = []
             per = max(1, cfg.iters // cfg.interleave)
@@ -500,7 +507,7 @@ class Evaluation:
                     if impl == "candidate":
                         cand_seeds += seeds
                     for k in got[impl]:
-                        got[impl][k] += reply[k]
+                        got[impl][k] += reply.get(k, [])
                 for impl in impls:
                     reply, _, _ = self._time(base, impl, per)
                     for k in got[impl]:
@@ -564,7 +571,9 @@ class Evaluation:
                       f"{cfg.speedup_cap:g}x): flagged for a person to check", speedup=t_b / t_k)
         return {"shape": where, "T_k_ms": t_k, "T_b_ms": t_b, "T_eager_ms": t_eager, "T_compiled_ms": t_comp,
                 "T_SOL_ms": t_sol, "S": s, "speedup": t_b / t_k, "flops": flops, "bytes": nbytes,
-                "side_ms": side if cfg.mode == "gpu" else 0.0}
+                "side_ms": side if cfg.mode == "gpu" else 0.0,
+                # the share of timed calls whose launch the spin hid (kernels/timing.py)
+                "launch_hidden": {impl: _share(got[impl].get("hidden", [])) for impl in got if impl != "null"}}
 
 
 def evaluate(problem: str, solution: str, cfg: Config | None = None) -> Report:

@@ -16,6 +16,9 @@ the name of the check that made it, and the worker reports them to the evaluator
   runtime.library_op    the reference's library op called during a call (TorchFunctionMode)
   runtime.triton_launch no Triton kernel launched by a call
   runtime.triton_output an output whose memory no Triton kernel of that call was handed
+  runtime.side_stream   a Triton launch or a torch op made while a stream other than the
+                        default one was current (GPU): such work can run while the timer's
+                        spin hides launches (kernels/timing.py), so it is never trusted
 
 "From candidate code" means the candidate's file is on the call stack. One exception, the
 LaunchPolicy below: on a GPU, the first launch of a kernel makes Triton compile it (ptxas,
@@ -54,7 +57,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 CHECKS = ("runtime.patched", "runtime.threads", "runtime.file_access", "runtime.network", "runtime.process",
-          "runtime.library_op", "runtime.triton_launch", "runtime.triton_output")
+          "runtime.library_op", "runtime.triton_launch", "runtime.triton_output", "runtime.side_stream")
 _MAX_NOTES = 5
 _PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
                    "os.forkpty", "pty.spawn")
@@ -237,6 +240,10 @@ class Guard:
         self._state: dict[str, Any] = {}
         self._threads: set[int] = set()
         self._tasks = 0
+        # the current stream's handle, and the default stream's: bound before the candidate
+        # is imported (set in install; None on the CPU)
+        self._stream_of: Any = None
+        self._default_stream: int | None = None
 
     # -- findings ---------------------------------------------------------------------
 
@@ -248,6 +255,11 @@ class Guard:
     def report(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.findings.items()}
 
+    def check_stream(self, what: str) -> None:
+        if self._stream_of is not None and self._stream_of() != self._default_stream:
+            self.note("runtime.side_stream", f"{what} on a stream other than the default one (work there can "
+                      "escape the timer)")
+
     def excuse(self, message: str) -> None:
         if message not in self.excused and len(self.excused) < 2 * _MAX_NOTES:
             self.excused.append(message)
@@ -258,6 +270,10 @@ class Guard:
         """Count Triton launches, hook audit events, snapshot identities and threads."""
         if self.policy is None:
             self.policy = launch_policy(self.cuda)  # before the wrapper: it names the original launch
+        if self.cuda:
+            current = torch.cuda.current_stream
+            self._stream_of = lambda: current().cuda_stream
+            self._default_stream = torch.cuda.default_stream().cuda_stream
         self._wrap_launchers()
         self._wrap_thread_start()
         sys.addaudithook(self._audit)
@@ -325,6 +341,7 @@ class Guard:
             def run(self, *args, _original=original, **kwargs):
                 if not kwargs.get("warmup", False):
                     guard.launches += 1
+                    guard.check_stream("a Triton kernel was launched")
                     storages = guard.launch_storages
                     if storages is not None:
                         for a in (*args, *kwargs.values()):
@@ -491,6 +508,7 @@ class _LibrarySpy(TorchFunctionMode):
         name = self.guard.forbidden.get(func) if _hashable(func) else None
         if name:
             self.guard.note("runtime.library_op", f"called {name}")
+        self.guard.check_stream(f"{getattr(func, '__name__', 'a torch function')} ran")
         return func(*args, **(kwargs or {}))
 
 

@@ -4,9 +4,22 @@ Per call: fresh input values written into the same buffers (new values, same add
 so a cache keyed on the pointer replays stale outputs and is caught by the recheck), the
 L2 cache flushed, then
 
-    host0; start.record(); out = fn(*inputs); end_main.record()
+    torch.cuda.synchronize(); host0
+    spin()                              # the GPU busy for a while: see below
+    start.record(); out = fn(*inputs); end_main.record()
+    hidden = not start.query()          # the spin outlasted fn's launches
     torch.cuda.synchronize()            # device-wide: work on any stream is finished
     end_all.record(); end_all.synchronize(); host1
+
+The spin (torch.cuda._sleep) keeps the GPU busy while the host launches fn, so `start`
+fires only once fn's kernels are queued behind it: the events time the GPU's work, not the
+Python launch overhead (Triton's launcher costs tens of microseconds, more than some whole
+kernels here), for the candidate and the baseline alike, as a kernel inside a real
+program runs. A call whose launch outlasted the spin (`hidden` false) doubles the spin
+for the next calls; the warm-up calls set it. Work that fn puts on another stream could
+run during the spin unseen: the static scan forbids streams, and the candidate worker's
+guard flags any Triton launch or torch op made off the default stream
+(runtime.side_stream).
 
 `main` (start..end_main) is the kernel time on the calling stream; `total` (start..end_all)
 also covers work on side streams, plus the synchronisation gap that the `null` function
@@ -26,6 +39,8 @@ import torch
 from kernels.problem import generator
 
 L2_FLUSH_BYTES = 256 << 20  # >= 2x the H100's 50 MB L2
+SPIN_START_CYCLES = 100_000  # ~50 us at an H100's clock; doubled while launches outlast it
+SPIN_MAX_CYCLES = 20_000_000  # ~10 ms: a call that waits on the GPU itself never hides its launch
 
 
 class Timer:
@@ -35,15 +50,18 @@ class Timer:
         self.flush_buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if self.cuda else None
         self._sync = torch.cuda.synchronize if self.cuda else None
         self._event = torch.cuda.Event if self.cuda else None
+        self._sleep = torch.cuda._sleep if self.cuda else None
+        self.spin_cycles = SPIN_START_CYCLES
 
     def flush(self) -> None:
         if self.flush_buf is not None:
             self.flush_buf.zero_()
 
     def run(self, fn: Callable, buffers: tuple[torch.Tensor, ...], make: Callable[[torch.Generator], tuple],
-            seeds: list[int], keep: list | None) -> dict[str, list[float]]:
-        """Time fn once per seed; outputs go to `keep` when given (for the recheck)."""
-        main, total, host = [], [], []
+            seeds: list[int], keep: list | None, hide_launch: bool = True) -> dict[str, list]:
+        """Time fn once per seed; outputs go to `keep` when given (for the recheck).
+        hide_launch=False leaves out the spin: the events then include the launch."""
+        main, total, host, hidden = [], [], [], []
         for seed in seeds:
             fresh = make(generator(seed, self.device))
             for buf, new in zip(buffers, fresh):
@@ -54,9 +72,14 @@ class Timer:
                 start, end_main, end_all = (self._event(enable_timing=True) for _ in range(3))
                 self._sync()
                 h0 = perf_counter()
+                if hide_launch:
+                    self._sleep(self.spin_cycles)
                 start.record()
                 out = fn(*buffers)
                 end_main.record()
+                hidden.append(not start.query())
+                if hide_launch and not hidden[-1]:
+                    self.spin_cycles = min(2 * self.spin_cycles, SPIN_MAX_CYCLES)
                 self._sync()
                 end_all.record()
                 end_all.synchronize()
@@ -69,11 +92,12 @@ class Timer:
                 h1 = perf_counter()
                 main.append((h1 - h0) * 1e3)
                 total.append((h1 - h0) * 1e3)
+                hidden.append(False)
             host.append((h1 - h0) * 1e3)
             if keep is not None:
                 keep.append(out)
             del out
-        return {"main_ms": main, "total_ms": total, "host_ms": host}
+        return {"main_ms": main, "total_ms": total, "host_ms": host, "hidden": hidden}
 
 
 def null(*_inputs):

@@ -212,7 +212,8 @@ class Worker:
             before = g.launches if g else 0
             make = lambda gen: self.problem.make_inputs(self.shape, gen, self.device, self.dtype)  # noqa: E731
             try:
-                result = self.timer.run(fn, self.buffers, make, msg["seeds"], self.timed if msg.get("keep") else None)
+                result = self.timer.run(fn, self.buffers, make, msg["seeds"], self.timed if msg.get("keep") else None,
+                                        hide_launch=msg.get("hide_launch", True))
             except BaseException:
                 return {"error": "call", "detail": traceback.format_exc()[-STARTUP_ERROR_CHARS:]}, []
             result["launches"] = (g.launches - before) if g else None

@@ -129,3 +129,24 @@ async def test_a_result_without_the_required_audits_is_flagged(tmp_path, start_e
     assert json.loads(alerts[0]["evidence"]) == {"missing": ["audit.answer_shape"]}
     assert await s.scalar("SELECT COUNT(*) FROM alerts WHERE node_id = 1") == 0  # the real evaluator reports it
     assert await s.scalar("SELECT metric FROM runs WHERE node_id = ? AND status = 'done'", (node["id"],)) == -99.0
+
+
+async def test_an_evaluators_warning_on_the_baseline_is_one_event_and_no_alert(tmp_path, start_engine,
+                                                                               script_proposals):
+    """A warning about the task's set-up (nanochat: too little data for the profile) comes
+    with every run; the baseline's is posted once, as an event; candidates' never."""
+    task = make_task(tmp_path / "bowl")
+    evaluate = task / "evaluate.py"
+    evaluate.write_text(evaluate.read_text().replace(
+        '"audits": [', '"extra": {"warning": "the data is small"},\n    "audits": ['))
+    near = Proposal("Nudge", "A small step.", edits=(
+        Edit("solution.py", "    return x\n", "    return [x[0] * 0.5] + x[1:]\n"),), origin={"kind": "idea", "idea": "n"})
+    script_proposals([near])
+    s = await start_engine(task, threads=1)
+    await decided(s, "Nudge")
+    baseline_runs = await s.scalar("SELECT COUNT(*) FROM runs WHERE node_id = 1 AND status = 'done'")
+    assert baseline_runs >= 2  # the warning came more than once
+    events = await s.rows("SELECT * FROM events WHERE kind = 'task'")
+    assert [(e["level"], e["message"].split(": ", 1)[1]) for e in events] == [("warning", "the data is small")]
+    assert json.loads(events[0]["data"])["run"] in {r["id"] for r in await s.rows("SELECT id FROM runs WHERE node_id = 1")}
+    assert await s.scalar("SELECT COUNT(*) FROM alerts") == 0

@@ -88,6 +88,34 @@ def test_the_baseline_raises_no_alert(tmp_path, data_dir):
     assert failed_audits(outcome) == {}
     assert {a.guard for a in outcome.audits} >= {"audit.causality", "audit.stateless", "audit.load"}
     assert check_change({"train.py": BASELINE}, {"train.py": BASELINE}) == []
+    harness = json.loads((tmp_path / "run" / "out" / "harness.json").read_text())
+    assert harness["train_tokens"] == len(prepare_data_tokens(data_dir))
+    assert outcome.extra["epochs"] == round(harness["tokens"] / harness["train_tokens"], 2) > 0
+    assert "warning" not in outcome.extra  # two seconds of training repeat nothing
+
+
+def prepare_data_tokens(data_dir: Path):
+    import data  # the task's own loader
+
+    return data.load_tokens("train", VOCAB, root=data_dir / "nanochat")
+
+
+def test_a_run_that_repeats_the_train_split_often_is_warned_about(tmp_path, monkeypatch):
+    import evaluate  # the task's evaluator, as a module: its data_repetition() alone
+
+    monkeypatch.setattr(evaluate, "OUT", str(tmp_path))
+    assert evaluate.data_repetition() == {}  # no harness.json: nothing to say
+    (tmp_path / "harness.json").write_text(json.dumps({"tokens": 47_000_000, "train_tokens": 3_432_000,
+                                                        "epochs": 47_000_000 / 3_432_000}))
+    found = evaluate.data_repetition()
+    assert found["epochs"] == 13.69
+    assert "13.7 times" in found["warning"] and "3,432,000 tokens" in found["warning"]
+    assert "--source climbmix" in found["warning"] and "dir:PATH" in found["warning"]
+    (tmp_path / "harness.json").write_text(json.dumps({"tokens": 1_000_000, "train_tokens": 3_432_000, "epochs": 0.29}))
+    assert evaluate.data_repetition() == {"epochs": 0.29}
+    for garbage in ('{"epochs": "many", "train_tokens": 1}', '[1, 2]', '{"epochs": NaN, "train_tokens": 1}', "{"):
+        (tmp_path / "harness.json").write_text(garbage)  # the candidate's process wrote it
+        assert evaluate.data_repetition() == {}
 
 
 def test_reading_the_val_split_is_caught_statically_and_blocked_at_run_time(tmp_path, data_dir):

@@ -57,6 +57,7 @@ def write_corpus(folder: Path, n: int = 24) -> dict[str, str]:
         files[rel] = prose(i)
     files["plays/foo_gut.txt"] = prose(1001)
     files["plays/foo_gut_f.txt"] = prose(1002)
+    files["src/tool.py"] = "def tool(x):\n    return x + 1  # source code is text too\n"
     files[".git/ignored.txt"] = "hidden folders are skipped"
     for rel, text in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +170,27 @@ def test_a_second_run_does_no_work_and_says_so(prepared_dir, capsys):
     prepare.prepare(f"dir:{corpus}", vocab=VOCAB, data_dir=root.parent)
     assert mtimes(root) == before
     assert "up to date" in capsys.readouterr().err
+
+
+def test_without_a_source_the_prepared_documents_stay_even_when_their_folder_is_gone(tmp_path, capsys):
+    """`threadlab run` prepares with no --source: it must train on what the user prepared
+    (here a dir: corpus), not replace it with the builtin one, on a machine without the
+    folder too (data copied to a GPU machine)."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    copy = tmp_path / "data"
+    prepare.prepare(f"dir:{corpus}", vocab=VOCAB, data_dir=copy)
+    shutil.rmtree(corpus)
+    before = mtimes(copy / "nanochat")
+    capsys.readouterr()
+    assert prepare.main(["--data-dir", str(copy), "--vocab", str(VOCAB)]) == 0
+    assert mtimes(copy / "nanochat") == before
+    assert "dir:" in capsys.readouterr().err
+    # another vocabulary from the same documents: a new tokenizer, the documents untouched
+    assert prepare.main(["--data-dir", str(copy), "--vocab", str(VOCAB + 256)]) == 0
+    meta = json.loads((copy / "nanochat" / "public" / f"v{VOCAB + 256}" / "meta.json").read_text())
+    assert meta["source"].startswith("dir:") and meta["docs_hash"] == json.loads(
+        (copy / "nanochat" / "public" / f"v{VOCAB}" / "meta.json").read_text())["docs_hash"]
 
 
 def test_data_dir_comes_from_the_environment(prepared_dir, monkeypatch):
@@ -304,6 +326,7 @@ def test_an_empty_folder_is_named_in_the_error(tmp_path):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "image.png").write_bytes(b"\x89PNG")
+    (empty / "sub" / "module.pyc").write_bytes(b"\x00\x01")
     with pytest.raises(prepare.PrepareError) as err:
         prepare.prepare(f"dir:{empty}", vocab=VOCAB, data_dir=tmp_path / "data")
     assert str(empty) in str(err.value) and ".txt" in str(err.value)

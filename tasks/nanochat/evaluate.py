@@ -75,6 +75,10 @@ RUN_DIR = os.environ.get("THREADLAB_RUN_DIR", "")
 LN2 = math.log(2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROBES, REPEATS = 4, 4  # causality probes and repeated batches per evaluation
+# Past about four passes over the same tokens, more passes are worth little more than
+# fresh data would be and the model starts to memorise (data-constrained scaling): val_bpb
+# then ranks memorisers. The baseline's runs going past this warn the user (engine/loop.py).
+EPOCHS_WARN = 4.0
 PR_SET_DUMPABLE = 4
 
 
@@ -378,8 +382,30 @@ def main() -> None:
     }
     if OBJECTIVE == "time_to_loss":
         result.update(time_to_loss(run_s, val_loss))
+    result["extra"].update(data_repetition())
     json.dump(result, channel)
     channel.close()
+
+
+def data_repetition() -> dict:
+    """How often the run went over the train split, from the runner's harness.json (figures
+    for people: the candidate's process wrote that file, so it never touches the score);
+    with a warning past EPOCHS_WARN."""
+    try:
+        with open(os.path.join(OUT, "harness.json")) as f:
+            harness = json.load(f)
+        epochs, train_tokens = float(harness["epochs"]), int(harness["train_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not math.isfinite(epochs):
+        return {}
+    found = {"epochs": round(epochs, 2)}
+    if epochs > EPOCHS_WARN:
+        found["warning"] = (
+            f"the run went over the train split ({train_tokens:,} tokens) {epochs:.1f} times: past "
+            f"~{EPOCHS_WARN:g} passes val_bpb rewards memorising more than learning. Prepare more data "
+            "(threadlab prepare nanochat --source climbmix, or --source dir:PATH) or a shorter profile")
+    return found
 
 
 def time_to_loss(run_s: float, val_loss: float) -> dict:

@@ -5,6 +5,9 @@ Usage::
     python prepare.py [--source builtin|climbmix|dir:PATH] [--vocab 8192]
                       [--data-dir DIR] [--shards N] [--force]
 
+Without --source it keeps the documents prepared last in the data folder (the engine's
+call before every session), else builtin.
+
 The data folder is --data-dir, else $THREADLAB_DATA_DIR, else ~/.cache/threadlab.
 Everything of this task lives in `<data>/nanochat/`::
 
@@ -42,7 +45,9 @@ Sources:
             and the pinned validation shard, the dataset's last (shard_06542), whose
             documents are halved between val and audit by their hash. Base URL
             overridable with $THREADLAB_CLIMBMIX_URL.
-  dir:PATH  every *.txt / *.md file under PATH (recursive, hidden paths skipped).
+  dir:PATH  every text file under PATH: *.txt, *.md, *.rst, and *.py source (recursive,
+            hidden paths skipped). A folder of Python source (a site-packages) is a
+            corpus of tens of millions of tokens that every machine has offline.
 
 builtin and dir documents are split by a hash of their group key: ~90% train, 5% val,
 5% audit, with at least one document in every split.
@@ -134,7 +139,8 @@ DOWNLOAD_TIMEOUT_S = 60.0
 DOWNLOAD_CHUNK = 1 << 20
 
 ENCODE_BATCH_CHARS = 8_000_000
-DIR_SUFFIXES = {".txt", ".md"}
+DIR_SUFFIXES = {".txt", ".md", ".rst", ".py"}
+DIR_KINDS = "text files (.txt, .md, .rst, .py)"
 
 
 class PrepareError(Exception):
@@ -408,11 +414,11 @@ def dir_files(folder: Path) -> list[Path]:
 
 def dir_inputs(folder: Path) -> tuple[list[Path], str]:
     if not folder.is_dir():
-        raise PrepareError(f"source dir:{folder}: no such folder; point --source dir:PATH at a folder of .txt/.md files")
+        raise PrepareError(f"source dir:{folder}: no such folder; point --source dir:PATH at a folder of {DIR_KINDS}")
     files = dir_files(folder)
     if not files:
         raise PrepareError(
-            f"source dir:{folder}: the folder holds no .txt or .md files; add text files to it "
+            f"source dir:{folder}: the folder holds no {DIR_KINDS}; add some to it "
             "or use --source builtin"
         )
     listing = [[f.relative_to(folder).as_posix(), sha256_file(f)] for f in files]
@@ -432,7 +438,7 @@ def read_dir(folder: Path, files: list[Path]) -> list[Doc]:
     if replaced:
         say(f"dir:{folder}: {replaced} bytes that are not UTF-8 were replaced by U+FFFD")
     if not docs:
-        raise PrepareError(f"source dir:{folder}: every .txt/.md file is empty; add text to them")
+        raise PrepareError(f"source dir:{folder}: every one of its {DIR_KINDS} is empty; add text to them")
     return docs
 
 
@@ -956,23 +962,36 @@ def parse_source(source: str) -> tuple[str, Path | None]:
     raise PrepareError(f"unknown source {source!r}: use builtin, climbmix or dir:PATH")
 
 
-def prepare(source: str = "builtin", vocab: int = 8192, data_dir: Path | None = None,
+def prepare(source: str | None = None, vocab: int = 8192, data_dir: Path | None = None,
             force: bool = False, shards: int = 2) -> Path:
-    """Make (or find up to date) everything of the task; returns the `<data>/nanochat` folder."""
+    """Make (or find up to date) everything of the task; returns the `<data>/nanochat` folder.
+
+    source None (what `threadlab run` asks for) keeps the documents prepared last in this
+    folder, whatever their source, so that data prepared with `--source dir:PATH` or
+    climbmix is what the runs train on; builtin where nothing is prepared yet."""
     if not MIN_VOCAB <= vocab <= MAX_VOCAB:
         raise PrepareError(
             f"--vocab {vocab} is out of range: the byte-level tokenizer needs {MIN_VOCAB} to {MAX_VOCAB} ids "
             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens; ids are stored as uint16)"
         )
-    kind, folder = parse_source(source)
+    if source is not None:
+        parse_source(source)  # a bad --source fails before anything is touched
     root = nanodata.data_root(data_dir)
     raw = root / "raw"
     t0 = time.perf_counter()
     with _lock(root):
-        kept = None if force or kind == "dir" else _docs_without_downloads(root, kind)
+        kept = None
+        if source is None:
+            prepared = _read_json(manifest_path(root)) or {}
+            source = prepared.get("source") or "builtin"
+            if prepared and not force and all(p.is_file() and p.stat().st_size > 0 for p in docs_paths(root).values()):
+                kept = prepared
+        kind, folder = parse_source(source)
+        if kept is None and not force and kind != "dir":
+            kept = _docs_without_downloads(root, kind)
         if kept is not None:
             manifest, made_docs = kept, False
-            label = kind
+            label = source
         elif kind == "builtin":
             archives = fetch_builtin(raw, force)
             label = "builtin"
@@ -1008,7 +1027,8 @@ def prepare(source: str = "builtin", vocab: int = 8192, data_dir: Path | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default="builtin", help="builtin (default), climbmix or dir:PATH")
+    parser.add_argument("--source", default=None,
+                        help="builtin, climbmix or dir:PATH (default: the source prepared last here, else builtin)")
     parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size incl. 4 special tokens (default 8192)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"data folder (default ${nanodata.DATA_DIR_ENV} or ~/.cache/threadlab)")

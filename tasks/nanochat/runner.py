@@ -125,7 +125,9 @@ def main() -> None:
         raise TypeError(f"train() returned {type(model).__name__}, not a torch.nn.Module")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(OUT, "model.pt"))
     with open(os.path.join(OUT, "harness.json"), "w") as f:  # figures for people, never for the score
-        json.dump({"tokens": ctx.tokens_drawn, "train_s": train_s, "setup_s": setup_s, "device": device,
+        # epochs: how often the run went over the train split (the data-repetition warning's figure)
+        json.dump({"tokens": ctx.tokens_drawn, "train_tokens": len(tokens), "epochs": ctx.tokens_drawn / len(tokens),
+                   "train_s": train_s, "setup_s": setup_s, "device": device,
                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                    "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}, f)
 

@@ -141,7 +141,8 @@ def test_a_time_below_the_speed_of_light_is_audited_not_celebrated():
 
     ev = Evaluation(problems()["rmsnorm"], "unused.py", Config(mode="gpu"))
     ev.device = "cpu"  # only the bookkeeping runs here, no GPU
-    fast = {"main_ms": [0.001] * 4, "total_ms": [0.001] * 4, "host_ms": [0.05] * 4}
+    fast = {"main_ms": [0.001] * 4, "total_ms": [0.001] * 4, "host_ms": [0.05] * 4,
+            "hidden": [True, True, False, True]}
     got = {"candidate": fast, "null": {"main_ms": [0.0] * 4, "total_ms": [0.0] * 4, "host_ms": [0.04] * 4},
            "eager": {"main_ms": [0.2] * 4, "total_ms": [0.2] * 4, "host_ms": [0.3] * 4}}
     row = ev._score_shape({"M": 4096, "N": 4096}, got, {"candidate": 0.2, "null": 0.16},
@@ -150,6 +151,7 @@ def test_a_time_below_the_speed_of_light_is_audited_not_celebrated():
     assert not ev.report.audits["sol.below_sol"]["ok"]
     assert not ev.report.audits["sol.speedup"]["ok"]  # 200x the baseline: flagged for a person
     assert math.isfinite(row["speedup"])
+    assert row["launch_hidden"] == {"candidate": 0.75, "eager": None}  # the eager reply had no flags
 
 
 def test_every_playbook_idea_applies_to_the_shipped_solution():

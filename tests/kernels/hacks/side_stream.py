@@ -1,7 +1,7 @@
 """Hack: work on a side stream: the kernel runs on a stream of its own, so a timer that
 records its end event on the calling stream sees almost nothing. GPU only.
-Caught by: timing.side_stream (the device-wide end event times it in full), and
-static.side_stream."""
+Caught by: runtime.side_stream (its launch is made while the side stream is current),
+timing.side_stream (the device-wide end event times it in full), and static.side_stream."""
 
 import torch
 import triton
