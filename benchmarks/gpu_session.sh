@@ -6,7 +6,7 @@
 #   benchmarks/gpu_session.sh wait SECONDS                # wait (a device call lasts <= 10 min)
 #   benchmarks/gpu_session.sh screen NAME                 # the TUI as it is now: $OUT/NAME.ansi
 #   benchmarks/gpu_session.sh runs                        # a line per finished training run
-#   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json
+#   benchmarks/gpu_session.sh report NAME                 # figures into $OUT/NAME.json, and a copy of state.db
 #
 # Carried in the working tree, git-ignored (name them all in every call's carry: an
 # ignored path not carried is removed by the next call, even under a running engine):
@@ -84,6 +84,9 @@ report)
   python3 -m engine.cli status --db "$DB" > "$OUT/$2-status.txt" 2>&1 || true
   python3 benchmarks/session_report.py "$DB" --nvidia-smi "$S/nvidia-smi.csv" --out "$OUT/$2.json"
   cp "$S/nvidia-smi.csv" "$OUT/$2-nvidia-smi.csv"
+  # the session's record (why runs failed, every event): a consistent copy, the engine may still run
+  python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+    "$DB" "$OUT/$2-state.db" || true
   # what each training run said about itself (tokens, train_s, setup_s), in one file
   python3 - "$S" "$OUT/$2-harness.json" <<'PY'
 import json, pathlib, sys

@@ -255,8 +255,11 @@ class Guard:
     def report(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.findings.items()}
 
+    def off_default_stream(self) -> bool:
+        return self._stream_of is not None and self._stream_of() != self._default_stream
+
     def check_stream(self, what: str) -> None:
-        if self._stream_of is not None and self._stream_of() != self._default_stream:
+        if self.off_default_stream():
             self.note("runtime.side_stream", f"{what} on a stream other than the default one (work there can "
                       "escape the timer)")
 
@@ -508,7 +511,8 @@ class _LibrarySpy(TorchFunctionMode):
         name = self.guard.forbidden.get(func) if _hashable(func) else None
         if name:
             self.guard.note("runtime.library_op", f"called {name}")
-        self.guard.check_stream(f"{getattr(func, '__name__', 'a torch function')} ran")
+        if self.guard.off_default_stream():
+            self.guard.check_stream(f"{getattr(func, '__name__', 'a torch function')} ran")
         return func(*args, **(kwargs or {}))
 
 
