@@ -13,9 +13,9 @@ L2 cache flushed, then
 
 The spin (torch.cuda._sleep) keeps the GPU busy while the host launches fn, so `start`
 fires only once fn's kernels are queued behind it: the events time the GPU's work, not the
-Python launch overhead (Triton's launcher costs tens of microseconds, more than some whole
-kernels here), for the candidate and the baseline alike, as a kernel inside a real
-program runs. A call whose launch outlasted the spin (`hidden` false) doubles the spin
+Python launch overhead (tens of microseconds for Triton's launcher or a torch.compile
+wrapper: half of a 0.1 ms kernel here), for the candidate and the baseline alike, as a
+kernel runs inside a real program whose host is ahead of its GPU. A call whose launch outlasted the spin (`hidden` false) doubles the spin
 for the next calls; the warm-up calls set it. Work that fn puts on another stream could
 run during the spin unseen: the static scan forbids streams, and the candidate worker's
 guard flags any Triton launch or torch op made off the default stream
