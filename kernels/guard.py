@@ -260,8 +260,11 @@ class Guard:
 
     def check_stream(self, what: str) -> None:
         if self.off_default_stream():
-            self.note("runtime.side_stream", f"{what} on a stream other than the default one (work there can "
-                      "escape the timer)")
+            self.note_side_stream(what)
+
+    def note_side_stream(self, what: str) -> None:
+        self.note("runtime.side_stream", f"{what} on a stream other than the default one (work there can "
+                  "escape the timer)")
 
     def excuse(self, message: str) -> None:
         if message not in self.excused and len(self.excused) < 2 * _MAX_NOTES:
@@ -511,8 +514,8 @@ class _LibrarySpy(TorchFunctionMode):
         name = self.guard.forbidden.get(func) if _hashable(func) else None
         if name:
             self.guard.note("runtime.library_op", f"called {name}")
-        if self.guard.off_default_stream():
-            self.guard.check_stream(f"{getattr(func, '__name__', 'a torch function')} ran")
+        if self.guard.off_default_stream():  # the message only then: this runs for every torch call
+            self.guard.note_side_stream(f"{getattr(func, '__name__', 'a torch function')} ran")
         return func(*args, **(kwargs or {}))
 
 

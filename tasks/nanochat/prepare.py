@@ -695,6 +695,11 @@ def write_climbmix(writer: SplitWriter, shard_paths: list[Path]) -> None:
             writer.move_last(donor, empty)
 
 
+def _docs_present(root: Path) -> bool:
+    """Every split's documents file exists and holds something."""
+    return all(p.is_file() and p.stat().st_size > 0 for p in docs_paths(root).values())
+
+
 def _docs_without_downloads(root: Path, kind: str) -> dict | None:
     """The manifest of documents already split from a pinned download source whose raw
     files are gone (data copied to a machine without network), or None.
@@ -709,7 +714,7 @@ def _docs_without_downloads(root: Path, kind: str) -> dict | None:
         present = raw.is_dir() and any(raw.glob("shard_*.parquet"))
     if present or not manifest or manifest.get("source") != kind:
         return None
-    if not all(p.is_file() and p.stat().st_size > 0 for p in docs_paths(root).values()):
+    if not _docs_present(root):
         return None
     return manifest
 
@@ -720,9 +725,7 @@ def docs_stage(root: Path, source: str, inputs_key: str, produce: Callable[[Spli
     key = _key({"format": FORMAT_VERSION, "source": source, "inputs": inputs_key,
                 "shares": SPLIT_SHARES, "aliases": TITLE_ALIASES})
     manifest = _read_json(manifest_path(root))
-    paths = docs_paths(root)
-    if (not force and manifest and manifest.get("key") == key
-            and all(p.is_file() and p.stat().st_size > 0 for p in paths.values())):
+    if not force and manifest and manifest.get("key") == key and _docs_present(root):
         return manifest, False
     say(f"splitting the {source} documents")
     writer = SplitWriter(root)
@@ -984,7 +987,7 @@ def prepare(source: str | None = None, vocab: int = 8192, data_dir: Path | None 
         if source is None:
             prepared = _read_json(manifest_path(root)) or {}
             source = prepared.get("source") or "builtin"
-            if prepared and not force and all(p.is_file() and p.stat().st_size > 0 for p in docs_paths(root).values()):
+            if prepared and not force and _docs_present(root):
                 kept = prepared
         kind, folder = parse_source(source)
         if kept is None and not force and kind != "dir":

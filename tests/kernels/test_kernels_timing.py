@@ -19,7 +19,6 @@ class ScriptedGpu:
     def __init__(self, needed_cycles: float):
         self.needed = needed_cycles
         self.spins: list[int] = []
-        self.calls = 0
 
     def sleep(self, cycles: int) -> None:
         self.spins.append(cycles)
